@@ -1,0 +1,677 @@
+"""Verification of Alexa custom-skill requests (Amazon's rules for web-service skills).
+
+Every request Alexa sends to a skill hosted as a web service carries a certificate chain URL
+(``SignatureCertChainUrl``) and a signature of the raw body (``Signature-256``, legacy
+``Signature``). A skill must check, in this order of cost:
+
+1. the chain URL: ``https``, host ``s3.amazonaws.com``, path under ``/echo.api/`` after
+   normalisation, port absent or 443;
+2. the chain: the leaf is valid now, names ``echo-api.amazon.com`` in its subject alternative
+   names and chains to a trusted root;
+3. the signature: RSA PKCS#1 v1.5 over the raw body (SHA-256, or SHA-1 for the legacy header);
+4. the request timestamp: within 150 seconds of now;
+5. the application id: the configured skill id.
+
+Everything here is independent of Rasa and Sanic: the building blocks are plain functions, and
+:class:`RequestVerifier` combines them with a certificate chain cache (memory, then an
+optional cache directory, then an HTTPS download). Every rejection is a
+:class:`VerificationError` with a short ``reason`` (the channel logs it and answers 400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import ssl
+import tempfile
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509 import verification as x509_verification
+
+logger = logging.getLogger(__name__)
+
+ALEXA_CERT_HOST = "s3.amazonaws.com"
+ALEXA_CERT_PATH_PREFIX = "/echo.api/"
+ALEXA_SAN = "echo-api.amazon.com"
+MAX_TIMESTAMP_TOLERANCE_S = 150.0
+
+SignatureAlgorithm = Literal["sha256", "sha1"]
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha1": hashes.SHA1,
+}
+_PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+class VerificationError(Exception):
+    """A request failed verification; ``reason`` is short and safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _utc(moment: datetime) -> datetime:
+    """An aware UTC datetime (naive values are taken to be UTC)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cache_file_name(url: str) -> str:
+    """The cache-directory file name for a chain URL: ``<sha256 hex of the exact URL>.pem``."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest() + ".pem"
+
+
+def _check_tolerance(tolerance_s: float) -> float:
+    tolerance = float(tolerance_s)
+    if not 0 <= tolerance <= MAX_TIMESTAMP_TOLERANCE_S:
+        raise ValueError(
+            f"timestamp tolerance must be between 0 and {MAX_TIMESTAMP_TOLERANCE_S:g} seconds "
+            f"(Amazon's limit), got {tolerance_s!r}"
+        )
+    return tolerance
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def validate_cert_url(url: str) -> None:
+    """Apply Amazon's rules to a ``SignatureCertChainUrl`` value.
+
+    Scheme ``https`` and host ``s3.amazonaws.com`` (both case-insensitive), port absent or
+    443, no user information, and a path that starts with ``/echo.api/`` (case-sensitive)
+    once ``.`` and ``..`` segments are resolved - both as sent and percent-decoded.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise VerificationError("missing certificate chain URL")
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise VerificationError(f"malformed certificate chain URL: {_short(exc)}") from None
+    if parts.scheme.lower() != "https":
+        raise VerificationError("certificate chain URL is not https")
+    if parts.username is not None or parts.password is not None:
+        raise VerificationError("certificate chain URL carries user information")
+    if (parts.hostname or "") != ALEXA_CERT_HOST:  # .hostname is lower-cased
+        raise VerificationError(f"certificate chain URL host is not {ALEXA_CERT_HOST}")
+    if port not in (None, 443):
+        raise VerificationError("certificate chain URL port is not 443")
+    for path in (parts.path, unquote(parts.path)):
+        if not posixpath.normpath(path or "/").startswith(ALEXA_CERT_PATH_PREFIX):
+            raise VerificationError(
+                f"certificate chain URL path is not under {ALEXA_CERT_PATH_PREFIX}"
+            )
+
+
+def parse_pem_chain(data: bytes) -> list[x509.Certificate]:
+    """Parse a PEM certificate chain (leaf first); empty or unparsable input is rejected."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise VerificationError("certificate chain is not bytes")
+    try:
+        chain = x509.load_pem_x509_certificates(bytes(data))
+    except ValueError as exc:
+        raise VerificationError(f"unparsable certificate chain: {_short(exc)}") from None
+    if not chain:
+        raise VerificationError("empty certificate chain")
+    return chain
+
+
+def load_trusted_roots(pem_path: str | Path | None = None) -> list[x509.Certificate]:
+    """Load trusted root certificates from a PEM bundle (``None``: certifi's bundle).
+
+    Certificates that cryptography cannot load, or cannot put in a trust store, are skipped
+    (and counted in the log) instead of failing the whole bundle. A configuration problem - an
+    unreadable file or no usable certificate - raises :class:`ValueError`.
+    """
+    if pem_path is None:
+        import certifi
+
+        pem_path = certifi.where()
+    path = Path(pem_path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read trusted roots from {path}: {_short(exc)}") from exc
+
+    roots: list[x509.Certificate] = []
+    skipped = 0
+    for block in _PEM_CERT_RE.findall(data):
+        with warnings.catch_warnings():
+            # e.g. negative serial numbers in old roots: usable, but cryptography warns.
+            warnings.simplefilter("ignore")
+            try:
+                cert = x509.load_pem_x509_certificate(block)
+                x509_verification.Store([cert])
+            except Exception:  # any certificate cryptography rejects is skipped
+                skipped += 1
+                continue
+        roots.append(cert)
+    if skipped:
+        logger.warning("Skipped %d unusable certificate(s) in %s", skipped, path)
+    if not roots:
+        raise ValueError(f"no usable trusted root certificate in {path}")
+    logger.debug("Loaded %d trusted root certificate(s) from %s", len(roots), path)
+    return roots
+
+
+def _check_leaf_validity(leaf: x509.Certificate, now: datetime) -> None:
+    if now < leaf.not_valid_before_utc:
+        raise VerificationError("signing certificate is not yet valid")
+    if now > leaf.not_valid_after_utc:
+        raise VerificationError("signing certificate has expired")
+
+
+def _check_leaf_san(leaf: x509.Certificate) -> None:
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise VerificationError("signing certificate has no subject alternative names") from None
+    except ValueError as exc:  # malformed or duplicate extensions
+        raise VerificationError(f"malformed signing certificate: {_short(exc)}") from None
+    names = {name.lower() for name in san.get_values_for_type(x509.DNSName)}
+    if ALEXA_SAN not in names:
+        raise VerificationError(f"signing certificate SAN does not contain {ALEXA_SAN}")
+
+
+def _build_verified_chain(
+    chain: Sequence[x509.Certificate],
+    store: x509_verification.Store,
+    now: datetime,
+) -> list[x509.Certificate]:
+    """Checks of :func:`verify_chain`; returns the validated path (leaf ... trusted root)."""
+    if not chain:
+        raise VerificationError("empty certificate chain")
+    now = _utc(now)
+    leaf, intermediates = chain[0], list(chain[1:])
+    _check_leaf_validity(leaf, now)
+    _check_leaf_san(leaf)
+    verifier = (
+        x509_verification.PolicyBuilder()
+        .store(store)
+        .time(now)
+        .build_server_verifier(x509.DNSName(ALEXA_SAN))
+    )
+    try:
+        return verifier.verify(leaf, intermediates)
+    except x509_verification.VerificationError as exc:
+        raise VerificationError(f"certificate chain not trusted: {_short(exc)}") from None
+    except ValueError as exc:  # malformed certificates
+        raise VerificationError(f"invalid certificate chain: {_short(exc)}") from None
+
+
+def _as_store(
+    roots: x509_verification.Store | Sequence[x509.Certificate],
+) -> x509_verification.Store:
+    if isinstance(roots, x509_verification.Store):
+        return roots
+    try:
+        return x509_verification.Store(list(roots))
+    except (TypeError, ValueError) as exc:
+        raise VerificationError(f"unusable trusted roots: {_short(exc)}") from None
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    roots: x509_verification.Store | Sequence[x509.Certificate],
+    now: datetime,
+) -> x509.Certificate:
+    """Validate a certificate chain (``chain[0]`` is the leaf) at ``now``; return the leaf.
+
+    The leaf must be valid at ``now``, carry DNS SAN ``echo-api.amazon.com`` and chain
+    through the given intermediates to one of ``roots`` (a list of certificates or a
+    ``Store``), following cryptography's web-PKI path validation.
+    """
+    _build_verified_chain(chain, _as_store(roots), now)
+    return chain[0]
+
+
+def verify_signature(
+    leaf: x509.Certificate,
+    body: bytes,
+    signature_b64: str | None,
+    *,
+    algorithm: SignatureAlgorithm = "sha256",
+) -> None:
+    """Check a base64 RSA PKCS#1 v1.5 signature of the raw ``body`` with ``leaf``'s key.
+
+    ``algorithm`` is ``"sha256"`` for the ``Signature-256`` header and ``"sha1"`` for the
+    legacy ``Signature`` header.
+    """
+    if algorithm not in _HASHES:
+        raise ValueError(f"unsupported signature algorithm {algorithm!r}")
+    if not signature_b64 or not isinstance(signature_b64, str):
+        raise VerificationError("missing request signature")
+    try:
+        signature = base64.b64decode(signature_b64.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise VerificationError("request signature is not valid base64") from None
+    if not signature:
+        raise VerificationError("missing request signature")
+    try:
+        public_key = leaf.public_key()
+    except (ValueError, TypeError) as exc:
+        raise VerificationError(f"unusable signing key: {_short(exc)}") from None
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise VerificationError("signing certificate key is not RSA")
+    try:
+        public_key.verify(signature, bytes(body), padding.PKCS1v15(), _HASHES[algorithm]())
+    except InvalidSignature:
+        raise VerificationError("request signature does not match the body") from None
+    except (ValueError, TypeError) as exc:
+        raise VerificationError(f"request signature check failed: {_short(exc)}") from None
+
+
+def _parse_timestamp(timestamp: str) -> datetime:
+    if not isinstance(timestamp, str) or not timestamp.strip():
+        raise VerificationError("missing request timestamp")
+    text = timestamp.strip()
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return _utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise VerificationError("malformed request timestamp") from None
+
+
+def verify_timestamp(
+    timestamp: str, now: datetime, tolerance_s: float = MAX_TIMESTAMP_TOLERANCE_S
+) -> None:
+    """The request timestamp (ISO-8601, e.g. ``2026-11-25T10:00:00Z``) must be within
+    ``tolerance_s`` seconds of ``now``, in the past or the future.
+
+    A tolerance above Amazon's 150 seconds (or below zero) is a configuration error
+    (:class:`ValueError`).
+    """
+    tolerance = _check_tolerance(tolerance_s)
+    moment = _parse_timestamp(timestamp)
+    skew = (moment - _utc(now)).total_seconds()
+    if skew < -tolerance:
+        raise VerificationError(f"request timestamp is stale ({-skew:.0f} s old)")
+    if skew > tolerance:
+        raise VerificationError(f"request timestamp is in the future ({skew:.0f} s ahead)")
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(key)
+    return data
+
+
+def verify_application_id(request_json: Mapping[str, Any], skill_id: str) -> None:
+    """``context.System.application.applicationId`` (else ``session.application...``) must be
+    the configured skill id."""
+    app_id = _dig(request_json, "context", "System", "application", "applicationId")
+    if app_id is None:
+        app_id = _dig(request_json, "session", "application", "applicationId")
+    if not isinstance(app_id, str) or not app_id:
+        raise VerificationError("missing application id")
+    if app_id != skill_id:
+        raise VerificationError("application id does not match the skill id")
+
+
+# --------------------------------------------------------------------------- download
+
+
+async def download_chain_pem(
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> bytes:
+    """GET ``url`` (no redirects) within ``timeout`` seconds, at most ``max_bytes`` bytes.
+
+    The URL is not checked here (callers apply :func:`validate_cert_url` first). Every
+    failure is a :class:`VerificationError`.
+    """
+    import aiohttp
+
+    async def fetch() -> bytes:
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        async with (
+            aiohttp.ClientSession(timeout=client_timeout) as session,
+            session.get(url, allow_redirects=False, ssl=ssl_context) as response,
+        ):
+            if response.status != 200:
+                raise VerificationError(
+                    f"certificate chain download failed: HTTP {response.status}"
+                )
+            if response.content_length is not None and response.content_length > max_bytes:
+                raise VerificationError("certificate chain download is too large")
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(8192):
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    raise VerificationError("certificate chain download is too large")
+            return bytes(data)
+
+    try:
+        return await asyncio.wait_for(fetch(), timeout)
+    except VerificationError:
+        raise
+    except asyncio.TimeoutError:
+        raise VerificationError("certificate chain download timed out") from None
+    except aiohttp.ClientConnectorError as exc:  # str(exc) includes the SSL context's repr
+        detail = _short(exc.os_error) if exc.os_error is not None else type(exc).__name__
+        raise VerificationError(f"certificate chain download failed: {detail}") from None
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        raise VerificationError(f"certificate chain download failed: {_short(exc)}") from None
+
+
+def _default_ssl_context() -> ssl.SSLContext:
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+# --------------------------------------------------------------------------- chain cache
+
+
+@dataclass(frozen=True)
+class CachedChain:
+    """A certificate chain that passed validation, with the window in which that holds.
+
+    ``not_before`` / ``not_after`` is the intersection of the validity periods of every
+    certificate on the validated path (leaf to root).
+    """
+
+    certificates: tuple[x509.Certificate, ...]
+    not_before: datetime
+    not_after: datetime
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.certificates[0]
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.not_before <= _utc(now) <= self.not_after
+
+
+class CertificateChainCache:
+    """Where validated chains live: a bounded in-memory LRU keyed by the exact URL, and an
+    optional directory of ``<sha256 hex of the exact URL>.pem`` files.
+
+    Only validated chains enter the memory cache. Files in the directory are trusted as
+    *content* only: whatever is read from them is validated again.
+    """
+
+    def __init__(self, cache_dir: str | Path | None = None, *, max_entries: int = 32) -> None:
+        if max_entries < 1:
+            raise ValueError("memory cache size must be at least 1")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_entries = int(max_entries)
+        self._memory: OrderedDict[str, CachedChain] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def __contains__(self, url: object) -> bool:
+        return url in self._memory
+
+    def urls(self) -> list[str]:
+        """URLs in the memory cache, least recently used first."""
+        return list(self._memory)
+
+    def get(self, url: str) -> CachedChain | None:
+        entry = self._memory.get(url)
+        if entry is not None:
+            self._memory.move_to_end(url)
+        return entry
+
+    def put(self, url: str, entry: CachedChain) -> None:
+        self._memory[url] = entry
+        self._memory.move_to_end(url)
+        while len(self._memory) > self.max_entries:
+            self._memory.popitem(last=False)
+
+    def discard(self, url: str) -> None:
+        self._memory.pop(url, None)
+
+    def path_for(self, url: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / cache_file_name(url)
+
+    def read_file(self, url: str) -> bytes | None:
+        """The cached PEM for ``url``, or ``None`` when there is no cache file."""
+        path = self.path_for(url)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise VerificationError(
+                f"cannot read cached certificate chain: {_short(exc)}"
+            ) from None
+
+    def write_file(self, url: str, pem: bytes) -> None:
+        """Store ``pem`` for ``url`` atomically; failures are logged, never raised."""
+        path = self.path_for(url)
+        if path is None:
+            return
+        tmp_name = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".chain-", suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(pem)
+            os.replace(tmp_name, path)
+            tmp_name = None
+        except OSError as exc:
+            logger.warning("Could not cache the certificate chain in %s: %s", path, exc)
+        finally:
+            if tmp_name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+
+
+# --------------------------------------------------------------------------- the verifier
+
+
+class RequestVerifier:
+    """Verify Alexa requests against Amazon's rules; see :meth:`verify`.
+
+    ``trusted_roots`` is a PEM bundle path (``None``: certifi's bundle) or a list of root
+    certificates. ``timestamp_tolerance`` may not exceed 150 s. ``clock`` returns the current
+    time (aware UTC; used for chain validity and the timestamp check).
+    """
+
+    def __init__(
+        self,
+        skill_id: str,
+        *,
+        trusted_roots: str | Path | Sequence[x509.Certificate] | None = None,
+        timestamp_tolerance: float = MAX_TIMESTAMP_TOLERANCE_S,
+        certificate_cache_dir: str | Path | None = None,
+        download_timeout: float = 5.0,
+        max_chain_bytes: int = 64_000,
+        memory_cache_size: int = 32,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if not isinstance(skill_id, str) or not skill_id.strip():
+            raise ValueError("an Alexa skill id is required")
+        if download_timeout <= 0:
+            raise ValueError("download_timeout must be positive")
+        if max_chain_bytes <= 0:
+            raise ValueError("max_chain_bytes must be positive")
+        self.skill_id = skill_id.strip()
+        self.timestamp_tolerance = _check_tolerance(timestamp_tolerance)
+        if trusted_roots is None or isinstance(trusted_roots, (str, Path)):
+            roots = load_trusted_roots(trusted_roots)
+        else:
+            roots = list(trusted_roots)
+            if not roots:
+                raise ValueError("no trusted root certificate given")
+        self.trusted_roots: list[x509.Certificate] = roots
+        self._store = x509_verification.Store(roots)
+        self.download_timeout = float(download_timeout)
+        self.max_chain_bytes = int(max_chain_bytes)
+        self.cache = CertificateChainCache(certificate_cache_dir, max_entries=memory_cache_size)
+        self._clock = clock or _utcnow
+        self._download_locks: dict[str, asyncio.Lock] = {}
+        self._ssl_context: ssl.SSLContext | None = None
+
+    def now(self) -> datetime:
+        return _utc(self._clock())
+
+    # -- chain retrieval -----------------------------------------------------------------
+
+    def _validate(self, certificates: Sequence[x509.Certificate], now: datetime) -> CachedChain:
+        path = _build_verified_chain(certificates, self._store, now)
+        return CachedChain(
+            certificates=tuple(certificates),
+            not_before=max(cert.not_valid_before_utc for cert in path),
+            not_after=min(cert.not_valid_after_utc for cert in path),
+        )
+
+    async def _download(self, url: str) -> bytes:
+        """Fetch the PEM chain at ``url`` (already checked by :func:`validate_cert_url`)."""
+        if self._ssl_context is None:
+            self._ssl_context = _default_ssl_context()
+        return await download_chain_pem(
+            url,
+            timeout=self.download_timeout,
+            max_bytes=self.max_chain_bytes,
+            ssl_context=self._ssl_context,
+        )
+
+    async def signing_chain(self, url: str, now: datetime | None = None) -> CachedChain:
+        """The validated chain for ``url`` at ``now``: memory cache, then the cache
+        directory, then a download (written to the cache directory once validated)."""
+        now = self.now() if now is None else _utc(now)
+        entry = self.cache.get(url)
+        if entry is not None:
+            if entry.valid_at(now):
+                return entry
+            # Outside the window in which it was validated: validate afresh (this raises
+            # for an expired or not yet valid certificate).
+            self.cache.discard(url)
+            entry = self._validate(entry.certificates, now)
+            self.cache.put(url, entry)
+            return entry
+
+        cached_pem = self.cache.read_file(url)
+        if cached_pem is not None:
+            entry = self._validate(parse_pem_chain(cached_pem), now)
+            self.cache.put(url, entry)
+            return entry
+
+        lock = self._download_locks.setdefault(url, asyncio.Lock())
+        try:
+            async with lock:
+                entry = self.cache.get(url)  # a concurrent request may have fetched it
+                if entry is not None and entry.valid_at(now):
+                    return entry
+                pem = await self._download(url)
+                entry = self._validate(parse_pem_chain(pem), now)
+                self.cache.write_file(url, pem)
+                self.cache.put(url, entry)
+                return entry
+        finally:
+            if not lock.locked() and self._download_locks.get(url) is lock:
+                del self._download_locks[url]
+
+    # -- the whole check -----------------------------------------------------------------
+
+    async def verify(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """Verify one Alexa request; return its parsed JSON body.
+
+        ``headers`` are looked up case-insensitively; ``body`` must be the raw request bytes.
+        Raises :class:`VerificationError` (only) on any failure.
+        """
+        try:
+            return await self._verify(headers, body)
+        except VerificationError:
+            raise
+        except Exception as exc:  # defensive: nothing else may escape to the channel
+            logger.exception("Unexpected error while verifying an Alexa request")
+            raise VerificationError(f"verification failed: {type(exc).__name__}") from None
+
+    async def _verify(self, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        lowered = {str(key).lower(): value for key, value in headers.items()}
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            raise VerificationError("request body is not bytes")
+        body = bytes(body)
+
+        url = lowered.get("signaturecertchainurl")
+        if not url:
+            raise VerificationError("missing SignatureCertChainUrl header")
+        validate_cert_url(url)
+
+        signature = lowered.get("signature-256")
+        algorithm: SignatureAlgorithm = "sha256"
+        if not signature:
+            signature, algorithm = lowered.get("signature"), "sha1"
+        if not signature:
+            raise VerificationError("missing Signature-256 header")
+
+        now = self.now()
+        chain = await self.signing_chain(url, now)
+        verify_signature(chain.leaf, body, signature, algorithm=algorithm)
+
+        try:
+            request_json = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise VerificationError("request body is not JSON") from None
+        if not isinstance(request_json, dict):
+            raise VerificationError("request body is not a JSON object")
+        request = request_json.get("request")
+        if not isinstance(request, dict):
+            raise VerificationError("request body has no request object")
+
+        verify_timestamp(request.get("timestamp"), now, self.timestamp_tolerance)
+        verify_application_id(request_json, self.skill_id)
+        return request_json
+
+
+__all__ = [
+    "ALEXA_SAN",
+    "CachedChain",
+    "CertificateChainCache",
+    "RequestVerifier",
+    "VerificationError",
+    "cache_file_name",
+    "download_chain_pem",
+    "load_trusted_roots",
+    "parse_pem_chain",
+    "validate_cert_url",
+    "verify_application_id",
+    "verify_chain",
+    "verify_signature",
+    "verify_timestamp",
+]
