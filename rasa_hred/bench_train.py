@@ -1,0 +1,147 @@
+"""``rasa-hred bench train``: training throughput on synthetic MovieTriples-shaped data.
+
+The anchor (the seed's HRED, hsgodhia/hred) was measured at the seed's configuration
+(embeddings and hidden 300, vocabulary 10,004, batch 50, teacher forcing, loss on the last
+utterance only) on triples averaging ~53 tokens. This benchmark builds data of that shape and
+times full optimisation steps (forward, backward, clipping, Adam).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from typing import Any
+
+import torch
+
+from rasa_hred.batching import DialogueIds, bucketed_batches, make_batch, padding_fraction
+from rasa_hred.checkpoint import resolve_device
+from rasa_hred.model import HRED, HREDConfig, LossOn
+
+SEED_VOCAB = 10_004
+
+
+def synthetic_triples(count: int, vocab_size: int = SEED_VOCAB, seed: int = 0) -> list[DialogueIds]:
+    """Triples of ``<s> w.. </s>`` utterances, 1-31 words each (~54 tokens a triple), words
+    drawn from a Zipf-like distribution over ids 7.. (0-6 are the special tokens)."""
+    rng = random.Random(seed)
+    weights = [1.0 / rank for rank in range(1, vocab_size - 7 + 1)]
+    words = list(range(7, vocab_size))
+
+    def utterance() -> list[int]:
+        return [2, *rng.choices(words, weights, k=rng.randint(1, 31)), 3]
+
+    return [[utterance(), utterance(), utterance()] for _ in range(count)]
+
+
+def seed_config(**overrides: Any) -> HREDConfig:
+    values: dict[str, Any] = {
+        "vocab_size": SEED_VOCAB,
+        "pad_id": 0,
+        "bos_id": 2,
+        "eos_id": 3,
+        "embedding_size": 300,
+        "utterance_hidden": 300,
+        "context_hidden": 300,
+        "decoder_hidden": 300,
+        "bidirectional": False,
+        "dropout": 0.4,
+    }
+    return HREDConfig(**(values | overrides))
+
+
+def measure(
+    model: HRED,
+    data: list[DialogueIds],
+    batch_size: int,
+    loss_on: LossOn,
+    device: torch.device,
+    seconds: float,
+    warmup: int = 2,
+) -> dict[str, float]:
+    """Run optimisation steps for about ``seconds`` and report throughput."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    batches = [
+        make_batch(data, indices, model.config.pad_id)
+        for indices in bucketed_batches(data, batch_size, rng=random.Random(0))
+    ]
+    model.train()
+    dialogues = tokens = modelled = steps = 0
+    started = None
+    for step in range(10**9):
+        batch = batches[step % len(batches)].to(device)
+        with _autocast(device):
+            out = model(batch, loss_on=loss_on)
+        optimizer.zero_grad(set_to_none=True)
+        (out["loss_sum"] / out["tokens"]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step + 1 == warmup:
+            _sync(device)
+            started = time.perf_counter()
+            continue
+        if started is None:
+            continue
+        steps += 1
+        dialogues += len(batch.turns)
+        tokens += batch.num_tokens()
+        modelled += int(out["tokens"])
+        if steps % 4 == 0:
+            _sync(device)
+            if time.perf_counter() - started >= seconds:
+                break
+    _sync(device)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    return {
+        "tokens_per_s": tokens / elapsed,
+        "dialogues_per_s": dialogues / elapsed,
+        "modelled_tokens_per_s": modelled / elapsed,
+        "steps": steps,
+        "seconds": elapsed,
+        "padding_fraction": padding_fraction(batches),
+    }
+
+
+def _autocast(device: torch.device) -> Any:
+    import contextlib
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_train_command(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    batch_size = args.batch_size or (256 if device.type == "cuda" else 50)
+    data = synthetic_triples(max(args.dialogues, batch_size * 4))
+    model = HRED(seed_config()).to(device)
+    last = measure(model, data, batch_size, "last", device, args.seconds)
+    full = measure(model, data, batch_size, "all", device, args.seconds)
+    result: dict[str, Any] = {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "parameters": model.num_parameters(),
+        "mean_tokens_per_dialogue": sum(len(u) for d in data for u in d) / len(data),
+        "tokens_per_s": last["tokens_per_s"],
+        "dialogues_per_s": last["dialogues_per_s"],
+        "modelled_tokens_per_s": last["modelled_tokens_per_s"],
+        "tokens_per_s_full_loss": full["tokens_per_s"],
+        "modelled_tokens_per_s_full_loss": full["modelled_tokens_per_s"],
+        "padding_fraction": last["padding_fraction"],
+        "anchor_tokens_per_s": 5840 if batch_size == 50 else None,
+    }
+    if result["anchor_tokens_per_s"]:
+        result["speedup_vs_anchor"] = result["tokens_per_s"] / result["anchor_tokens_per_s"]
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0

@@ -1,0 +1,96 @@
+"""Perplexity, the paper's error rate, and the shuffled-context control.
+
+``perplexity_last_shuffled_context`` scores each dialogue's last utterance after a *foreign*
+context: a model that uses its context does clearly worse there than with its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rasa_hred.batching import DialogueIds, encode_dialogues, iterate_batches
+from rasa_hred.checkpoint import load_model, resolve_device
+from rasa_hred.errors import UserError
+from rasa_hred.model import HRED, LossOn
+
+
+@torch.inference_mode()
+def score(
+    model: HRED, dialogues: Sequence[DialogueIds], loss_on: LossOn, batch_size: int = 64
+) -> dict[str, float]:
+    """Summed NLL, modelled tokens and argmax hits over ``dialogues`` under teacher forcing."""
+    was_training = model.training
+    model.eval()
+    device = model.embedding.weight.device
+    totals = {"loss_sum": 0.0, "tokens": 0, "correct": 0}
+    for batch in iterate_batches(dialogues, batch_size, model.config.pad_id):
+        out = model(batch.to(device), loss_on=loss_on)
+        totals["loss_sum"] += float(out["loss_sum"])
+        totals["tokens"] += int(out["tokens"])
+        totals["correct"] += int(out["correct"])
+    model.train(was_training)
+    return totals
+
+
+def perplexity(totals: dict[str, float]) -> float:
+    return math.exp(totals["loss_sum"] / max(1, totals["tokens"]))
+
+
+def shuffle_contexts(dialogues: Sequence[DialogueIds], seed: int = 0) -> list[DialogueIds]:
+    """Give every dialogue's last utterance the context of another dialogue (a derangement)."""
+    if len(dialogues) < 2:
+        raise UserError("the shuffled-context control needs at least two dialogues")
+    order = list(range(len(dialogues)))
+    random.Random(seed).shuffle(order)
+    donor = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+    return [[*dialogues[donor[i]][:-1], d[-1]] for i, d in enumerate(dialogues)]
+
+
+def evaluate(
+    model: HRED, dialogues: Sequence[DialogueIds], batch_size: int = 64, seed: int = 0
+) -> dict[str, Any]:
+    """The figures of ``rasa-hred eval``."""
+    if not dialogues:
+        raise UserError("nothing to evaluate: the split has no dialogues")
+    full = score(model, dialogues, "all", batch_size)
+    last = score(model, dialogues, "last", batch_size)
+    shuffled = score(model, shuffle_contexts(dialogues, seed), "last", batch_size)
+    return {
+        "perplexity": perplexity(full),
+        "perplexity_last": perplexity(last),
+        "perplexity_last_shuffled_context": perplexity(shuffled),
+        "error_rate": 1.0 - full["correct"] / max(1, full["tokens"]),
+        "tokens": int(full["tokens"]),
+        "tokens_last": int(last["tokens"]),
+        "dialogues": len(dialogues),
+    }
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from rasa_hred.corpus import load_corpus
+
+    loaded = load_model(args.model, resolve_device(args.device))
+    training = loaded.extra.get("training", {})
+    seed = args.seed if args.seed is not None else training.get("split_seed", 0)
+    corpus = load_corpus(args.corpus, seed=seed)
+    dialogues = encode_dialogues(
+        corpus.split(args.split),
+        loaded.vocabulary,
+        max_utterance_tokens=training.get("max_utterance_tokens", 50),
+        max_turns=training.get("max_turns", 10),
+    )
+    result = {"model": str(args.model), "split": args.split}
+    result |= evaluate(loaded.model, dialogues, args.batch_size, seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>34}: {value:.4f}" if isinstance(value, float) else f"{key:>34}: {value}")
+    return 0

@@ -1,0 +1,186 @@
+"""The HRED itself: causality, no target leakage, context use, and the step API."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from rasa_hred.batching import DialogueIds, encode_dialogues
+from rasa_hred.evaluation import evaluate
+from rasa_hred.model import HRED, DialogueBatch, HREDConfig
+from rasa_hred.training import Trainer, TrainingConfig
+from rasa_hred.vocab import Vocabulary
+
+
+def tiny_config(vocab_size=50, **overrides) -> HREDConfig:
+    values = dict(
+        vocab_size=vocab_size,
+        embedding_size=16,
+        utterance_hidden=24,
+        context_hidden=20,
+        decoder_hidden=28,
+        dropout=0.0,
+    )
+    return HREDConfig(**(values | overrides))
+
+
+def random_dialogues(count: int, vocab_size: int, seed: int = 0) -> list[DialogueIds]:
+    rng = random.Random(seed)
+    return [
+        [
+            [2, *(rng.randrange(7, vocab_size) for _ in range(rng.randint(1, 8))), 3]
+            for _ in range(rng.randint(2, 5))
+        ]
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("maxout", [False, True])
+def test_untrained_loss_is_close_to_log_vocabulary(bidirectional, maxout):
+    torch.manual_seed(0)
+    vocab_size = 500
+    model = HRED(tiny_config(vocab_size, bidirectional=bidirectional, maxout=maxout)).eval()
+    batch = DialogueBatch.from_ids(random_dialogues(32, vocab_size), pad_id=0)
+    with torch.no_grad():
+        out = model(batch)
+    mean = float(out["loss_sum"] / out["tokens"])
+    # A model that could see its targets would score far below ln V before any training.
+    assert abs(mean - math.log(vocab_size)) < 0.1 * math.log(vocab_size)
+
+
+def test_outputs_before_t_do_not_depend_on_tokens_at_or_after_t():
+    torch.manual_seed(0)
+    model = HRED(tiny_config()).eval()
+    dialogues = random_dialogues(6, 50, seed=1)
+    for d in dialogues:
+        d[-1] = [2, *range(10, 22), 3]  # a long last utterance to edit
+    before, mask = model.token_log_probs(DialogueBatch.from_ids(dialogues, 0), "last")
+    t = 5
+    edited = [[*d[:-1], d[-1][: t + 1] + [40] * (len(d[-1]) - t - 2) + [3]] for d in dialogues]
+    after, _ = model.token_log_probs(DialogueBatch.from_ids(edited, 0), "last")
+    # Target position k predicts token k + 1 from tokens 0..k; tokens >= t + 1 were changed.
+    torch.testing.assert_close(before[:, :t], after[:, :t])
+    assert not torch.allclose(before[:, t + 1 :], after[:, t + 1 :])
+    assert mask.all()
+
+
+def test_each_dialogue_is_decoded_with_its_own_context():
+    torch.manual_seed(0)
+    model = HRED(tiny_config()).eval()
+    dialogues = random_dialogues(8, 50, seed=2)
+    together, mask = model.token_log_probs(DialogueBatch.from_ids(dialogues, 0), "all")
+    rows = []
+    for d in dialogues:
+        alone, alone_mask = model.token_log_probs(DialogueBatch.from_ids([d], 0), "all")
+        rows.extend(zip(alone, alone_mask))
+    for row, (alone, alone_mask) in zip(together, rows):
+        n = int(alone_mask.sum(-1))
+        torch.testing.assert_close(row[:n], alone[:n], atol=1e-5, rtol=1e-5)
+
+
+def test_step_api_matches_teacher_forcing():
+    torch.manual_seed(0)
+    model = HRED(tiny_config(bidirectional=True)).eval()
+    dialogue = random_dialogues(1, 50, seed=3)[0]
+    forced, _ = model.token_log_probs(DialogueBatch.from_ids([dialogue], 0), "last")
+    with torch.no_grad():
+        context = model.context_vectors([dialogue[:-1]])
+        hidden = model.initial_decoder_state(context)
+        target = dialogue[-1]
+        stepped = []
+        for k in range(len(target) - 1):
+            log_probs, hidden = model.decode_step(torch.tensor([target[k]]), hidden, context)
+            stepped.append(float(log_probs[0, target[k + 1]]))
+    torch.testing.assert_close(forced[0, : len(stepped)], torch.tensor(stepped), atol=1e-5, rtol=0)
+
+
+def test_empty_context_gives_zero_context_vector():
+    model = HRED(tiny_config()).eval()
+    vectors = model.context_vectors([[], [[2, 9, 3]]])
+    assert torch.count_nonzero(vectors[0]) == 0
+    assert torch.count_nonzero(vectors[1]) > 0
+
+
+def test_loss_on_last_scores_only_last_utterances():
+    dialogues = random_dialogues(5, 50, seed=4)
+    model = HRED(tiny_config()).eval()
+    out = model(DialogueBatch.from_ids(dialogues, 0), loss_on="last")
+    assert int(out["tokens"]) == sum(len(d[-1]) - 1 for d in dialogues)
+    out = model(DialogueBatch.from_ids(dialogues, 0), loss_on="all")
+    assert int(out["tokens"]) == sum(len(u) - 1 for d in dialogues for u in d[1:])
+
+
+def test_scheduled_sampling_keeps_targets_and_changes_inputs():
+    torch.manual_seed(0)
+    model = HRED(tiny_config())
+    batch = DialogueBatch.from_ids(random_dialogues(16, 50, seed=5), 0)
+    forced = model(batch, sampling_prob=0.0)
+    sampled = model(batch, sampling_prob=1.0)
+    assert int(sampled["tokens"]) == int(forced["tokens"])
+    assert not torch.isclose(sampled["loss_sum"], forced["loss_sum"])
+
+
+def _code_corpus(count: int, seed: int) -> list[list[str]]:
+    """The reply is determined by the first utterance; the middle one is noise."""
+    rng = random.Random(seed)
+    codes = [f"c{i}" for i in range(12)]
+    fillers = [f"f{i}" for i in range(30)]
+    dialogues = []
+    for _ in range(count):
+        code = rng.randrange(len(codes))
+        noise = " ".join(rng.choices(fillers, k=rng.randint(2, 5)))
+        dialogues.append([f"say {codes[code]}", noise, f"r{code} ok"])
+    return dialogues
+
+
+def test_trained_model_uses_its_context(tmp_path):
+    train, test = _code_corpus(600, seed=0), _code_corpus(100, seed=1)
+    config = TrainingConfig(
+        out=str(tmp_path / "m"),
+        embedding_size=24,
+        hidden_size=48,
+        bidirectional=False,
+        dropout=0.0,
+        epochs=8,
+        batch_size=32,
+        lr=5e-3,
+        early_stopping=0,
+        device="cpu",
+        progress=False,
+    )
+    trainer = Trainer(config, train, test[:20])
+    trainer.fit()
+    ids = encode_dialogues(test, trainer.vocabulary)
+    result = evaluate(trainer.model, ids)
+    # With its own context the reply code is known (ppl_last near 1.5); after a foreign
+    # context it is a guess among 12 codes. A model ignoring its context scores both alike.
+    assert result["perplexity_last"] < 2.0
+    assert result["perplexity_last_shuffled_context"] > 2 * result["perplexity_last"]
+
+
+def test_small_model_memorises_a_tiny_corpus(tmp_path):
+    dialogues = [
+        ["hello there", "hi , how are you ?", "fine thanks"],
+        ["what film did you see ?", "a western with horses"],
+        ["do you like jazz ?", "only on sundays", "me too"],
+    ]
+    config = TrainingConfig(
+        out=str(tmp_path / "m"),
+        embedding_size=32,
+        hidden_size=64,
+        dropout=0.0,
+        epochs=60,
+        batch_size=3,
+        lr=1e-2,
+        early_stopping=0,
+        device="cpu",
+        progress=False,
+    )
+    trainer = Trainer(config, dialogues, [])
+    trainer.fit()
+    vocab: Vocabulary = trainer.vocabulary
+    result = evaluate(trainer.model, encode_dialogues(dialogues, vocab))
+    assert result["perplexity"] < 1.1
+    assert result["error_rate"] == 0.0
