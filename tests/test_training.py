@@ -128,9 +128,24 @@ def test_cli_train_then_eval(tmp_path, corpus_file):
     config = tmp_path / "config.yaml"
     config.write_text("embedding_size: 16\nhidden_size: 24\nbatch_size: 4\n")
     run = subprocess.run(
-        [CLI, "train", "--config", config, "--corpus", corpus_file, "--out", out,
-         "--epochs", "2", "--device", "cpu", "--no-progress"],
-        capture_output=True, text=True, timeout=300,
+        [
+            CLI,
+            "train",
+            "--config",
+            config,
+            "--corpus",
+            corpus_file,
+            "--out",
+            out,
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
@@ -139,14 +154,32 @@ def test_cli_train_then_eval(tmp_path, corpus_file):
     assert saved["model"]["hidden_size" if False else "decoder_hidden"] == 24
     assert saved["training"]["batch_size"] == 4
     run = subprocess.run(
-        [CLI, "eval", "--model", out, "--corpus", corpus_file, "--split", "test", "--json",
-         "--device", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            CLI,
+            "eval",
+            "--model",
+            out,
+            "--corpus",
+            corpus_file,
+            "--split",
+            "test",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
-    for key in ("perplexity", "perplexity_last", "error_rate", "tokens",
-                "perplexity_last_shuffled_context"):
+    for key in (
+        "perplexity",
+        "perplexity_last",
+        "error_rate",
+        "tokens",
+        "perplexity_last_shuffled_context",
+    ):
         assert key in result
     assert 1.0 < result["perplexity"] < len(Vocabulary.load(out / "vocab.json"))
     # Running again into the same directory without --resume would mix two runs.
@@ -162,9 +195,28 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, corpus_file):
     big = tmp_path / "big.txt"
     big.write_text(corpus_file.read_text() * 40)
     process = subprocess.Popen(
-        [CLI, "train", "--corpus", big, "--out", out, "--epochs", "50", "--batch-size", "2",
-         "--embedding-size", "16", "--hidden-size", "24", "--device", "cpu", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            CLI,
+            "train",
+            "--corpus",
+            big,
+            "--out",
+            out,
+            "--epochs",
+            "50",
+            "--batch-size",
+            "2",
+            "--embedding-size",
+            "16",
+            "--hidden-size",
+            "24",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
@@ -178,10 +230,29 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, corpus_file):
     state = torch.load(out / LAST_CHECKPOINT / "training_state.pt", weights_only=True)
     done = state["epoch"]
     resumed = subprocess.run(
-        [CLI, "train", "--corpus", big, "--out", out, "--epochs", str(done + 1),
-         "--batch-size", "2", "--embedding-size", "16", "--hidden-size", "24",
-         "--device", "cpu", "--no-progress", "--resume"],
-        capture_output=True, text=True, timeout=300,
+        [
+            CLI,
+            "train",
+            "--corpus",
+            big,
+            "--out",
+            out,
+            "--epochs",
+            str(done + 1),
+            "--batch-size",
+            "2",
+            "--embedding-size",
+            "16",
+            "--hidden-size",
+            "24",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["epochs"] == done + 1
@@ -196,7 +267,8 @@ def test_train_model_reads_corpus_specs(tmp_path, corpus_file):
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, corpus_file):
     script = tmp_path / "ddp_train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, sys
         import torch.distributed as dist
         from safetensors.torch import save_file
@@ -211,15 +283,21 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, corpus_
                  if k != "output.weight"}}
         save_file(state, {str(tmp_path)!r} + f"/rank{{rank}}.safetensors")
         dist.destroy_process_group()
-    """))
+    """)
+    )
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [Path(sys.executable).parent / "torchrun", "--standalone", "--nproc_per_node", "2",
-         script],
-        capture_output=True, text=True, timeout=300, env=env,
+        [Path(sys.executable).parent / "torchrun", "--standalone", "--nproc_per_node", "2", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    rank0, rank1 = (
+        load_file(tmp_path / "rank0.safetensors"),
+        load_file(tmp_path / "rank1.safetensors"),
+    )
     assert rank0.keys() == rank1.keys()
     for name in rank0:
         torch.testing.assert_close(rank0[name], rank1[name], rtol=0, atol=0, msg=name)

@@ -1,0 +1,326 @@
+"""``rasa_hred.HREDPolicy``: generated chit-chat as a Rasa 3.6 dialogue policy.
+
+A policy can only choose among the domain's actions, so the HRED speaks through a response
+action: for a turn it should answer, the policy predicts ``utter_hred`` and, as an event of the
+same prediction, sets the text slot ``hred_response`` to the generated reply. Rasa applies a
+winning prediction's events before running the action, and the domain response
+``utter_hred: - text: "{hred_response}"`` carries the text to every channel. After its own
+utterance the policy predicts ``action_listen``.
+
+In ``generate: nlg_server`` mode the policy only predicts ``utter_hred``; the NLG server
+(``rasa-hred serve``, named in ``endpoints.yml``) generates the text from the tracker, so
+generation runs once, batched, and off Rasa's event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from rasa.core.policies.policy import Policy, PolicyPrediction
+from rasa.engine.graph import ExecutionContext
+from rasa.engine.recipes.default_recipe import DefaultV1Recipe
+from rasa.engine.storage.resource import Resource
+from rasa.engine.storage.storage import ModelStorage
+from rasa.shared.core.constants import ACTION_LISTEN_NAME
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import ActionExecuted, SlotSet, UserUttered
+from rasa.shared.core.generator import TrackerWithCachedStates
+from rasa.shared.core.trackers import DialogueStateTracker
+from rasa.shared.exceptions import RasaException
+from rasa.shared.nlu.constants import INTENT_NAME_KEY
+
+from rasa_hred.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, save_model
+from rasa_hred.context import tracker_context
+from rasa_hred.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+NLU_FALLBACK = "nlu_fallback"
+GENERATE_MODES = ("in_process", "nlg_server")
+
+
+class HREDPolicyError(RasaException):
+    """A configuration or model problem, raised at ``rasa train``/``rasa run`` start."""
+
+
+@DefaultV1Recipe.register(
+    [DefaultV1Recipe.ComponentType.POLICY_WITHOUT_END_TO_END_SUPPORT], is_trainable=True
+)
+class HREDPolicy(Policy):
+    @staticmethod
+    def get_default_config() -> dict[str, Any]:
+        return {
+            # Ties between equally confident policies go to the higher priority; RulePolicy
+            # (6) and MemoizationPolicy (3) win ties, so rules and stories come first.
+            "priority": 2,
+            # A directory written by `rasa-hred train`; when set, nothing is trained.
+            "model": None,
+            # Otherwise train on these corpus specs plus the bot's own end-to-end stories.
+            "corpus": ["chatterbot:english"],
+            "use_stories": True,
+            "epochs": 20,
+            "embedding_size": 128,
+            "hidden_size": 256,
+            "bidirectional": True,
+            "batch_size": 32,
+            "seed": 0,
+            "training": {},  # any other `rasa-hred train` option, e.g. {lr: 0.001}
+            # When to answer: these intents, nlu_fallback, and any user turn with
+            # `fallback_threshold` confidence (None turns the catch-all off).
+            "intents": ["chitchat", "out_of_scope"],
+            "answer_nlu_fallback": True,
+            "fallback_threshold": 0.35,
+            "response": "utter_hred",
+            "slot": "hred_response",
+            "fallback_response": "utter_hred_fallback",
+            "generate": "in_process",
+            "max_history": 10,  # turns of the conversation the HRED sees
+            "device": "auto",
+            "decoding": {},  # DecodingConfig options, e.g. {beam_size: 5, mmi_lambda: 0.3}
+        }
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        model_storage: ModelStorage,
+        resource: Resource,
+        execution_context: ExecutionContext,
+        featurizer: Any = None,
+        generator: Any = None,
+    ) -> None:
+        super().__init__(config, model_storage, resource, execution_context, featurizer)
+        _validate_config(config)
+        self.generator = generator
+
+    @classmethod
+    def fingerprint_addon(cls, config: dict[str, Any]) -> str | None:
+        """Retrain when the files behind ``model``/``corpus`` change, not only the config."""
+        digest = hashlib.sha256()
+        sources = [config["model"]] if config.get("model") else list(config.get("corpus") or [])
+        for source in sources:
+            digest.update(str(source).encode())
+            path = Path(str(source).split(":", 1)[-1] if ":" in str(source) else str(source))
+            files = sorted(path.rglob("*")) if path.is_dir() else [path]
+            for file in files:
+                if file.is_file():
+                    digest.update(file.read_bytes())
+        return digest.hexdigest()
+
+    # --- training -----------------------------------------------------------------------
+
+    def train(
+        self, training_trackers: list[TrackerWithCachedStates], domain: Domain, **kwargs: Any
+    ) -> Resource:
+        _check_domain(self.config, domain)
+        with self._model_storage.write_to(self._resource) as directory:
+            if self.config.get("model"):
+                _copy_model_dir(Path(self.config["model"]), directory)
+            else:
+                stories = story_dialogues(training_trackers) if self.config["use_stories"] else []
+                self._train_hred(stories, directory)
+        return self._resource
+
+    def _train_hred(self, stories: list[list[str]], directory: Path) -> None:
+        from rasa_hred.training import TrainingConfig, train_model
+
+        options = {
+            key: self.config[key]
+            for key in (
+                "epochs",
+                "embedding_size",
+                "hidden_size",
+                "bidirectional",
+                "batch_size",
+                "seed",
+            )
+        }
+        options |= dict(self.config.get("training") or {})
+        known = {f.name for f in fields(TrainingConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise HREDPolicyError(f"HREDPolicy: unknown training option(s) {', '.join(unknown)}")
+        logger.info(
+            f"HREDPolicy: training an HRED on {self.config['corpus']} and {len(stories)} "
+            "end-to-end story dialogues"
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            config = TrainingConfig(
+                corpus=list(self.config["corpus"]),
+                out=scratch,
+                device=self.config["device"],
+                **options,
+            )
+            try:
+                result = train_model(config, extra_dialogues=stories)
+            except UserError as error:
+                raise HREDPolicyError(f"HREDPolicy: {error}") from error
+            if result.interrupted:
+                raise HREDPolicyError("HREDPolicy: training was interrupted")
+            _copy_model_dir(Path(scratch), directory)
+
+    # --- loading ------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        config: dict[str, Any],
+        model_storage: ModelStorage,
+        resource: Resource,
+        execution_context: ExecutionContext,
+        **kwargs: Any,
+    ) -> HREDPolicy:
+        generator = None
+        if config.get("generate", "in_process") == "in_process":
+            from rasa_hred.decoding import DecodingConfig
+            from rasa_hred.generator import ResponseGenerator
+
+            try:
+                with model_storage.read_from(resource) as directory:
+                    generator = ResponseGenerator.load(
+                        directory,
+                        device=config.get("device", "auto"),
+                        decoding=DecodingConfig.from_dict(config.get("decoding") or {})
+                        if config.get("decoding")
+                        else None,
+                        max_turns=config.get("max_history"),
+                        batching=False,
+                    )
+            except (UserError, ValueError, OSError) as error:
+                raise HREDPolicyError(f"HREDPolicy: cannot load the HRED model: {error}") from error
+        return cls(config, model_storage, resource, execution_context, generator=generator)
+
+    # --- prediction ---------------------------------------------------------------------
+
+    def predict_action_probabilities(
+        self,
+        tracker: DialogueStateTracker,
+        domain: Domain,
+        rule_only_data: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> PolicyPrediction:
+        probabilities = self._default_predictions(domain)
+        latest = tracker.latest_action_name
+        if latest == self.config["response"]:
+            probabilities[domain.index_for_action(ACTION_LISTEN_NAME)] = 1.0
+            return self._prediction(probabilities)
+        confidence = (
+            trigger_confidence(tracker, self.config) if latest == ACTION_LISTEN_NAME else 0.0
+        )
+        if confidence <= 0.0:
+            return self._prediction(probabilities)
+        if self.config["generate"] == "nlg_server":
+            probabilities[domain.index_for_action(self.config["response"])] = confidence
+            return self._prediction(probabilities)
+        context = tracker_context(tracker, max_turns=self.config["max_history"])
+        try:
+            reply = self.generator.generate([context])[0].text
+        except Exception:
+            logger.exception("HREDPolicy: generation failed; answering with the fallback response")
+            probabilities[domain.index_for_action(self.config["fallback_response"])] = confidence
+            return self._prediction(probabilities)
+        probabilities[domain.index_for_action(self.config["response"])] = confidence
+        return self._prediction(
+            probabilities,
+            optional_events=[SlotSet(self.config["slot"], reply)],
+            diagnostic_data={"hred_context": context},
+        )
+
+
+# --- pure helpers (unit-tested without Rasa's graph) ----------------------------------------
+
+
+def trigger_confidence(tracker: DialogueStateTracker, config: dict[str, Any]) -> float:
+    """How confidently the HRED should answer the latest user message (0 = not at all).
+
+    A listed intent or ``nlu_fallback`` gives the NLU's own confidence for it; otherwise
+    the catch-all ``fallback_threshold`` (below which other policies' predictions win).
+    """
+    message = tracker.latest_message
+    if message is None or not isinstance(message, UserUttered):
+        return 0.0
+    intent = message.intent or {}
+    name, confidence = intent.get(INTENT_NAME_KEY), float(intent.get("confidence") or 0.0)
+    wanted = set(config.get("intents") or [])
+    if config.get("answer_nlu_fallback", True):
+        wanted.add(NLU_FALLBACK)
+    if name in wanted:
+        # A rule-matched intent can come with confidence 1.0; an NLU guess reports its own.
+        return max(confidence, float(config.get("fallback_threshold") or 0.0), 1e-3)
+    return float(config.get("fallback_threshold") or 0.0)
+
+
+def story_dialogues(trackers: list[TrackerWithCachedStates]) -> list[list[str]]:
+    """The end-to-end texts of the training stories (``- user:``/``- bot:`` steps).
+
+    Consecutive turns of one speaker are merged, as in the HRED's other corpora; stories with
+    fewer than two turns, augmented copies and duplicates are left out.
+    """
+    seen: set[tuple[str, ...]] = set()
+    dialogues: list[list[str]] = []
+    for tracker in trackers:
+        if getattr(tracker, "is_augmented", False):
+            continue
+        turns: list[tuple[str, str]] = []
+        for event in tracker.events:
+            if isinstance(event, UserUttered) and event.text and not event.text.startswith("/"):
+                speaker, text = "user", event.text.strip()
+            elif isinstance(event, ActionExecuted) and event.action_text:
+                speaker, text = "bot", event.action_text.strip()
+            else:
+                continue
+            if turns and turns[-1][0] == speaker:
+                turns[-1] = (speaker, f"{turns[-1][1]} {text}")
+            else:
+                turns.append((speaker, text))
+        dialogue = tuple(text for _, text in turns if text)
+        if len(dialogue) >= 2 and dialogue not in seen:
+            seen.add(dialogue)
+            dialogues.append(list(dialogue))
+    return dialogues
+
+
+def _validate_config(config: dict[str, Any]) -> None:
+    if config.get("generate") not in GENERATE_MODES:
+        raise HREDPolicyError(
+            f"HREDPolicy: generate must be one of {', '.join(GENERATE_MODES)}, "
+            f"not {config.get('generate')!r}"
+        )
+    threshold = config.get("fallback_threshold")
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise HREDPolicyError("HREDPolicy: fallback_threshold must be between 0 and 1 (or null)")
+    if not config.get("model") and not config.get("corpus"):
+        raise HREDPolicyError("HREDPolicy: set either `model` (a trained directory) or `corpus`")
+
+
+def _check_domain(config: dict[str, Any], domain: Domain) -> None:
+    """The response and slot the policy speaks through must exist: say so at train time."""
+    missing = [
+        f"response/action {name!r}"
+        for name in (config["response"], config["fallback_response"])
+        if name not in domain.action_names_or_texts
+    ]
+    if config["slot"] not in [slot.name for slot in domain.slots]:
+        missing.append(f"slot {config['slot']!r} (type: text, mappings: [{{type: custom}}])")
+    if missing:
+        raise HREDPolicyError(
+            "HREDPolicy: the domain lacks " + ", ".join(missing) + f". Add `{config['response']}:"
+            f' - text: "{{{config["slot"]}}}"` to responses and the slot to slots.'
+        )
+
+
+def _copy_model_dir(source: Path, target: Path) -> None:
+    """Copy (and so validate) a model directory: it must load."""
+    from rasa_hred.checkpoint import load_model
+
+    try:
+        loaded = load_model(source, "cpu")
+    except UserError as error:
+        raise HREDPolicyError(f"HREDPolicy: model {source}: {error}") from error
+    save_model(target, loaded.model, loaded.vocabulary, loaded.extra)
+    for name in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE):
+        assert (target / name).is_file()
