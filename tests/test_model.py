@@ -70,7 +70,7 @@ def test_each_dialogue_is_decoded_with_its_own_context():
     torch.manual_seed(0)
     model = HRED(tiny_config()).eval()
     dialogues = random_dialogues(8, 50, seed=2)
-    together, mask = model.token_log_probs(DialogueBatch.from_ids(dialogues, 0), "all")
+    together, _ = model.token_log_probs(DialogueBatch.from_ids(dialogues, 0), "all")
     rows = []
     for d in dialogues:
         alone, alone_mask = model.token_log_probs(DialogueBatch.from_ids([d], 0), "all")

@@ -98,7 +98,7 @@ def test_corrupted_and_foreign_checkpoints_give_clear_errors(tmp_path):
     model_dir = tmp_path / "m"
     weights = model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         load_model(model_dir)
     # A pickle is not a model: it is never unpickled.
     torch.save({"embedding.weight": torch.zeros(2)}, weights)
