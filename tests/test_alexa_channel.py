@@ -1,0 +1,921 @@
+"""The Alexa input channel end to end: a real Sanic server on 127.0.0.1, real HTTP requests
+(aiohttp), real request signatures (tests/alexa_pki.py) and a real Rasa bot behind it.
+
+The bot is a tiny Rasa assistant trained once per test session (keyword intents and rules,
+a few seconds). The channel is mounted exactly as ``rasa run`` mounts input channels
+(``rasa.core.channels.channel.register`` under ``/webhooks/``), with ``app.ctx.agent``
+being the Rasa ``Agent`` behind a thin wrapper that counts the messages it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import textwrap
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from alexa_pki import CERT_URL, SKILL_ID, USER_ID, alexa_request, make_pki, sign, write_chain_cache
+
+from alexa_connector.channel import (
+    BUTTONS_ATTRIBUTE,
+    AlexaConfigurationError,
+    AlexaConnector,
+    AlexaOutputChannel,
+    AlexaSettings,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+INTERACTION_MODEL = ROOT / "skill-package" / "interactionModels" / "custom" / "en-US.json"
+SKILL_MANIFEST = ROOT / "skill-package" / "skill.json"
+BREAK = '<break strength="strong"/>'
+OTHER_USER = "amzn1.ask.account.AHOTHERUSER7Q2ZJ7V3N5KXW4MBRPLC6Y"
+
+# --------------------------------------------------------------------------- the test bot
+
+BOT_CONFIG = """
+recipe: default.v1
+language: en
+assistant_id: alexa-channel-test
+pipeline:
+  - name: WhitespaceTokenizer
+  - name: KeywordIntentClassifier
+policies:
+  - name: RulePolicy
+"""
+
+BOT_DOMAIN = """
+version: "3.1"
+intents: [greet, symbols, channel_check, options, pick_comedy, pick_drama, picture, helpme]
+responses:
+  utter_greet:
+    - text: "Hello there!"
+  utter_ask_mood:
+    - text: "How are you doing?"
+  utter_symbols:
+    - text: "Tom & Jerry <3 \\"quotes\\" 'apostrophes' > everything"
+  utter_channel:
+    - text: "generic reply"
+    - channel: alexa
+      text: "alexa reply"
+  utter_options:
+    - text: "Which genre?"
+      buttons:
+        - title: "Comedy"
+          payload: "/pick_comedy"
+        - title: "Drama"
+          payload: "/pick_drama"
+  utter_comedy:
+    - text: "Comedy it is."
+  utter_drama:
+    - text: "Drama it is."
+  utter_picture:
+    - custom:
+        poster: "https://example.com/poster.png"
+  utter_help:
+    - text: "The bot's own help."
+  utter_default:
+    - text: "Sorry, I did not get that."
+session_config:
+  session_expiration_time: 60
+  carry_over_slots_to_new_session: true
+"""
+
+BOT_DATA = """
+version: "3.1"
+nlu:
+  - intent: greet
+    examples: |
+      - hello
+      - hi
+  - intent: symbols
+    examples: |
+      - symbols
+      - ampersand
+  - intent: channel_check
+    examples: |
+      - channel
+      - variation
+  - intent: options
+    examples: |
+      - options
+      - choices
+  - intent: pick_comedy
+    examples: |
+      - laughs
+      - giggles
+  - intent: pick_drama
+    examples: |
+      - tears
+      - sobbing
+  - intent: picture
+    examples: |
+      - picture
+      - photo
+  - intent: helpme
+    examples: |
+      - assistance
+      - support
+rules:
+  - rule: greet
+    steps:
+      - intent: greet
+      - action: utter_greet
+      - action: utter_ask_mood
+  - rule: symbols
+    steps:
+      - intent: symbols
+      - action: utter_symbols
+  - rule: channel
+    steps:
+      - intent: channel_check
+      - action: utter_channel
+  - rule: options
+    steps:
+      - intent: options
+      - action: utter_options
+  - rule: comedy
+    steps:
+      - intent: pick_comedy
+      - action: utter_comedy
+  - rule: drama
+    steps:
+      - intent: pick_drama
+      - action: utter_drama
+  - rule: picture
+    steps:
+      - intent: picture
+      - action: utter_picture
+  - rule: help
+    steps:
+      - intent: helpme
+      - action: utter_help
+"""
+
+
+@pytest.fixture(scope="session")
+def trained_bot(tmp_path_factory) -> str:
+    """Train the tiny bot once per session; the model archive's path."""
+    from rasa.model_training import train
+
+    directory = tmp_path_factory.mktemp("alexa_bot")
+    for name, content in (
+        ("config.yml", BOT_CONFIG),
+        ("domain.yml", BOT_DOMAIN),
+        ("data.yml", BOT_DATA),
+    ):
+        (directory / name).write_text(textwrap.dedent(content).lstrip())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RASA_TELEMETRY_ENABLED", "false")
+        patch.setenv("RASA_CACHE_DIRECTORY", str(directory / "cache"))
+        result = train(
+            str(directory / "domain.yml"),
+            str(directory / "config.yml"),
+            [str(directory / "data.yml")],
+            output=str(directory / "models"),
+        )
+    assert result.code == 0 and result.model, result
+    return result.model
+
+
+class CountingAgent:
+    """The Rasa ``Agent`` as ``rasa run`` uses it (``app.ctx.agent``), counting the
+    messages it is given; ``delay`` seconds pass before each message is handled."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.messages: list[Any] = []
+        self.delay = 0.0
+        self.fail = False
+
+    async def handle_message(self, message: Any) -> Any:
+        self.messages.append(message)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("the bot broke")
+        return await self.agent.handle_message(message)
+
+    @property
+    def texts(self) -> list[str]:
+        return [message.text for message in self.messages]
+
+    async def tracker(self, sender_id: str) -> Any:
+        return await self.agent.tracker_store.retrieve_full_tracker(sender_id)
+
+
+@pytest.fixture
+def bot(trained_bot) -> CountingAgent:
+    """A freshly loaded agent (its own in-memory tracker store) for each test."""
+    from rasa.core.agent import Agent
+
+    return CountingAgent(Agent.load(trained_bot))
+
+
+# --------------------------------------------------------------------------- PKI and server
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return make_pki()
+
+
+@pytest.fixture(scope="module")
+def roots_file(pki, tmp_path_factory):
+    return pki.write_root(tmp_path_factory.mktemp("alexa_roots") / "roots.pem")
+
+
+@pytest.fixture
+def credentials(pki, roots_file, tmp_path) -> dict[str, Any]:
+    cache_dir = tmp_path / "certs"
+    write_chain_cache(cache_dir, CERT_URL, pki.chain_pem)
+    return {
+        "skill_id": SKILL_ID,
+        "trusted_roots": str(roots_file),
+        "certificate_cache_dir": str(cache_dir),
+    }
+
+
+class AlexaClient:
+    """Posts (signed) Alexa requests to a running server."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, pki: Any) -> None:
+        self.session = session
+        self.base_url = base_url
+        self.webhook = f"{base_url}/webhooks/alexa/webhook"
+        self.pki = pki
+
+    async def post_raw(self, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        async with self.session.post(self.webhook, data=body, headers=headers or {}) as reply:
+            text = await reply.text()
+            try:
+                return reply.status, json.loads(text)
+            except ValueError:
+                return reply.status, text
+
+    def signed_headers(self, body: bytes, key: Any = None) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "SignatureCertChainUrl": CERT_URL,
+            "Signature-256": sign(body, key or self.pki.leaf_key),
+        }
+
+    async def post(self, payload: dict[str, Any], **header_overrides: str) -> tuple[int, Any]:
+        body = json.dumps(payload).encode("utf-8")
+        headers = self.signed_headers(body)
+        headers.update(header_overrides)
+        return await self.post_raw(body, headers)
+
+    async def ok(self, payload: dict[str, Any]) -> dict[str, Any]:
+        status, reply = await self.post(payload)
+        assert status == 200, reply
+        return reply
+
+
+@contextlib.asynccontextmanager
+async def serve(connector: AlexaConnector, agent: Any, pki: Any):
+    """Run the connector in a real Sanic server on 127.0.0.1 (a free port), mounted the
+    way ``rasa run`` mounts input channels."""
+    from rasa.core.channels.channel import register
+    from sanic import Sanic
+
+    # Several apps in one process: test mode keeps Sanic's start-up code rewriting
+    # ("touch-up") repeatable, as sanic-testing does.
+    Sanic.test_mode = True
+    app = Sanic(f"alexa_test_{uuid.uuid4().hex[:12]}", configure_logging=False)
+    app.ctx.agent = agent
+    register([connector], app, route="/webhooks/")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    # Sanic 21.12: create_server() already listens; startup() finalises the routes.
+    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+    await server.startup()
+    await server.before_start()
+    await server.after_start()
+    try:
+        timeout = aiohttp.ClientTimeout(total=20)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            yield AlexaClient(session, f"http://127.0.0.1:{port}", pki)
+    finally:
+        await server.before_stop()
+        for connection in list(server.connections):
+            connection.close_if_idle()
+        server.close()
+        await server.wait_closed()
+        await server.after_stop()
+        sock.close()
+
+
+@pytest.fixture
+async def alexa(credentials, bot, pki):
+    """A server with the default settings; yields the client."""
+    connector = AlexaConnector.from_credentials(credentials)
+    async with serve(connector, bot, pki) as client:
+        yield client
+
+
+def spoken(reply: dict[str, Any]) -> str:
+    ssml = reply["response"]["outputSpeech"]["ssml"]
+    root = ET.fromstring(ssml)  # well-formed XML or this raises
+    assert root.tag == "speak"
+    return "".join(root.itertext())
+
+
+def ssml(reply: dict[str, Any]) -> str:
+    return reply["response"]["outputSpeech"]["ssml"]
+
+
+def user_events(tracker: Any) -> list[Any]:
+    from rasa.shared.core.events import UserUttered
+
+    return [event for event in tracker.events if isinstance(event, UserUttered)]
+
+
+def bot_texts(tracker: Any) -> list[str]:
+    from rasa.shared.core.events import BotUttered
+
+    return [event.text for event in tracker.events if isinstance(event, BotUttered)]
+
+
+defaults = AlexaSettings()
+
+# --------------------------------------------------------------------------- accepted requests
+
+
+@pytest.mark.slow
+async def test_health_check(alexa):
+    async with alexa.session.get(f"{alexa.base_url}/webhooks/alexa/") as reply:
+        assert reply.status == 200
+        assert await reply.json() == {"status": "ok"}
+
+
+@pytest.mark.slow
+async def test_launch_request_speaks_the_launch_message(alexa, bot):
+    reply = await alexa.ok(alexa_request("LaunchRequest"))
+    assert reply["version"] == "1.0"
+    assert spoken(reply) == defaults.launch_message
+    assert reply["response"]["shouldEndSession"] is False
+    assert reply["response"]["reprompt"]["outputSpeech"] == {
+        "type": "SSML",
+        "ssml": f"<speak>{defaults.reprompt}</speak>",
+    }
+    assert bot.messages == []
+
+
+@pytest.mark.slow
+async def test_launch_intent_runs_through_the_bot(credentials, bot, pki):
+    connector = AlexaConnector.from_credentials({**credentials, "launch_intent": "/greet"})
+    async with serve(connector, bot, pki) as alexa:
+        reply = await alexa.ok(alexa_request("LaunchRequest"))
+    assert ssml(reply) == f"<speak>Hello there!{BREAK}How are you doing?</speak>"
+    assert bot.texts == ["/greet"]
+    assert bot.messages[0].metadata["alexa"]["request_type"] == "LaunchRequest"
+
+
+@pytest.mark.slow
+async def test_intent_request_goes_to_rasa_and_every_message_is_spoken(alexa, bot):
+    request = alexa_request(text="hello", session_id="amzn1.echo-api.session.S1")
+    reply = await alexa.ok(request)
+    # The rule answers with two consecutive utterances: both are spoken, in order.
+    assert ssml(reply) == f"<speak>Hello there!{BREAK}How are you doing?</speak>"
+    assert reply["response"]["shouldEndSession"] is False
+    assert "reprompt" in reply["response"]
+
+    (message,) = bot.messages
+    assert message.text == "hello"
+    assert message.sender_id == USER_ID
+    assert message.input_channel == "alexa"
+    assert isinstance(message.output_channel, AlexaOutputChannel)
+    assert message.metadata == {
+        "alexa": {
+            "request_type": "IntentRequest",
+            "request_id": request["request"]["requestId"],
+            "session_id": "amzn1.echo-api.session.S1",
+            "new_session": False,
+            "locale": "en-US",
+            "intent": "CatchAllIntent",
+        }
+    }
+    tracker = await bot.tracker(USER_ID)
+    (uttered,) = user_events(tracker)
+    assert uttered.text == "hello"
+    assert uttered.input_channel == "alexa"
+    assert uttered.metadata["alexa"]["session_id"] == "amzn1.echo-api.session.S1"
+    assert bot_texts(tracker) == ["Hello there!", "How are you doing?"]
+
+
+@pytest.mark.slow
+async def test_ssml_escaping_end_to_end(alexa):
+    reply = await alexa.ok(alexa_request(text="symbols"))
+    assert ssml(reply) == (
+        "<speak>Tom &amp; Jerry &lt;3 &quot;quotes&quot; &apos;apostrophes&apos; "
+        "&gt; everything</speak>"
+    )
+    assert spoken(reply) == """Tom & Jerry <3 "quotes" 'apostrophes' > everything"""
+
+
+@pytest.mark.slow
+async def test_the_alexa_channel_variation_is_used(alexa, bot):
+    reply = await alexa.ok(alexa_request(text="channel"))
+    assert spoken(reply) == "alexa reply"
+    assert bot_texts(await bot.tracker(USER_ID)) == ["alexa reply"]
+
+
+@pytest.mark.slow
+async def test_two_alexa_users_get_separate_trackers(alexa, bot):
+    await alexa.ok(alexa_request(text="hello", user_id=USER_ID))
+    await alexa.ok(alexa_request(text="symbols", user_id=OTHER_USER))
+    await alexa.ok(alexa_request(text="channel", user_id=USER_ID))
+    person = alexa_request(text="picture", user_id=USER_ID)
+    person["context"]["System"]["person"] = {"personId": "amzn1.ask.person.ALICE"}
+    await alexa.ok(person)
+
+    keys = set(await bot.agent.tracker_store.keys())
+    assert keys == {USER_ID, OTHER_USER, "amzn1.ask.person.ALICE"}
+    first = await bot.tracker(USER_ID)
+    second = await bot.tracker(OTHER_USER)
+    alice = await bot.tracker("amzn1.ask.person.ALICE")
+    assert [event.text for event in user_events(first)] == ["hello", "channel"]
+    assert [event.text for event in user_events(second)] == ["symbols"]
+    assert [event.text for event in user_events(alice)] == ["picture"]
+    assert bot_texts(first) == ["Hello there!", "How are you doing?", "alexa reply"]
+    assert bot_texts(second) == ["Tom & Jerry <3 \"quotes\" 'apostrophes' > everything"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("intent", ["AMAZON.StopIntent", "AMAZON.CancelIntent"])
+async def test_stop_and_cancel_end_the_session(alexa, bot, intent):
+    await alexa.ok(alexa_request(text="hello"))
+    reply = await alexa.ok(alexa_request(intent_name=intent, text=None, slot_name=""))
+    assert spoken(reply) == defaults.stop_message
+    assert reply["response"]["shouldEndSession"] is True
+    assert "reprompt" not in reply["response"]
+    # Alexa sends no SessionEndedRequest after shouldEndSession: true, so the Rasa
+    # conversation gets its new session now.
+    assert bot.texts == ["hello", "/session_start"]
+    assert await _latest_session_is_empty(bot, USER_ID)
+
+
+async def _latest_session_is_empty(bot: CountingAgent, sender_id: str) -> bool:
+    """The Rasa conversation's latest session has started and holds no user message."""
+    from rasa.shared.core.events import SessionStarted
+
+    tracker = await bot.tracker(sender_id)
+    starts = [i for i, e in enumerate(tracker.events) if isinstance(e, SessionStarted)]
+    assert len(starts) >= 2, tracker.events  # the first session and the new one
+    latest = list(tracker.events)[starts[-1] :]
+    return not [event for event in latest if type(event).__name__ == "UserUttered"]
+
+
+@pytest.mark.slow
+async def test_session_ended_request_has_no_speech_and_starts_a_new_rasa_session(alexa, bot):
+    await alexa.ok(alexa_request(text="hello"))
+    reply = await alexa.ok(alexa_request("SessionEndedRequest", reason="USER_INITIATED"))
+    assert reply == {"version": "1.0", "response": {}}
+    assert bot.texts == ["hello", "/session_start"]
+    assert await _latest_session_is_empty(bot, USER_ID)
+    # The conversation goes on in the new session; the old one stays in the tracker.
+    reply = await alexa.ok(alexa_request(text="channel"))
+    assert spoken(reply) == "alexa reply"
+    current = await bot.agent.tracker_store.retrieve(USER_ID)
+    assert [event.text for event in user_events(current)] == ["channel"]
+
+
+@pytest.mark.slow
+async def test_session_ended_with_an_error_is_answered_too(alexa, bot):
+    reply = await alexa.ok(alexa_request("SessionEndedRequest", reason="ERROR"))
+    assert reply == {"version": "1.0", "response": {}}
+
+
+@pytest.mark.slow
+async def test_session_end_intent_can_be_switched_off(credentials, bot, pki):
+    connector = AlexaConnector.from_credentials({**credentials, "session_end_intent": None})
+    async with serve(connector, bot, pki) as alexa:
+        reply = await alexa.ok(alexa_request("SessionEndedRequest"))
+    assert reply == {"version": "1.0", "response": {}}
+    assert bot.messages == []
+
+
+@pytest.mark.slow
+async def test_help_intent_speaks_the_help_message(alexa, bot):
+    reply = await alexa.ok(alexa_request(intent_name="AMAZON.HelpIntent", text=None, slot_name=""))
+    assert spoken(reply) == defaults.help_message
+    assert reply["response"]["shouldEndSession"] is False
+    assert bot.messages == []
+
+
+@pytest.mark.slow
+async def test_help_intent_can_run_through_the_bot(credentials, bot, pki):
+    connector = AlexaConnector.from_credentials({**credentials, "help_intent": "/helpme"})
+    async with serve(connector, bot, pki) as alexa:
+        reply = await alexa.ok(alexa_request(intent_name="AMAZON.HelpIntent", text=None))
+    assert spoken(reply) == "The bot's own help."
+    assert bot.texts == ["/helpme"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("intent", ["AMAZON.FallbackIntent", "AMAZON.NavigateHomeIntent"])
+async def test_fallback_intents_run_the_bots_fallback(alexa, bot, intent):
+    reply = await alexa.ok(alexa_request(intent_name=intent, text=None, slot_name=""))
+    # `/nlu_fallback` has no rule in this bot, so Rasa's core fallback answers with
+    # utter_default (in the demo, the HRED policy answers nlu_fallback).
+    assert spoken(reply) == "Sorry, I did not get that."
+    assert reply["response"]["shouldEndSession"] is False
+    assert bot.texts == ["/nlu_fallback"]
+    assert bot.messages[0].metadata["alexa"]["intent"] == intent
+
+
+@pytest.mark.slow
+async def test_an_empty_slot_is_not_sent_to_rasa(alexa, bot):
+    reply = await alexa.ok(alexa_request(text=None))
+    assert spoken(reply) == defaults.unclear_message
+    assert reply["response"]["shouldEndSession"] is False
+    assert bot.messages == []
+
+
+@pytest.mark.slow
+async def test_an_empty_bot_reply_speaks_the_fallback_message(alexa, bot):
+    reply = await alexa.ok(alexa_request(text="picture"))  # the bot sends only a custom payload
+    assert spoken(reply) == defaults.fallback_message
+    assert reply["response"]["shouldEndSession"] is False
+    assert bot.texts == ["picture"]
+
+
+@pytest.mark.slow
+async def test_buttons_are_spoken_and_a_spoken_title_sends_the_payload(alexa, bot):
+    first = alexa_request(text="options")
+    reply = await alexa.ok(first)
+    assert spoken(reply) == "Which genre? You can say: Comedy or Drama."
+    choices = reply["sessionAttributes"][BUTTONS_ATTRIBUTE]
+    assert choices == [
+        {"title": "Comedy", "payload": "/pick_comedy"},
+        {"title": "Drama", "payload": "/pick_drama"},
+    ]
+    # Alexa returns the session attributes with the next request of the session.
+    second = alexa_request(text="comedy", session_id=first["session"]["sessionId"])
+    second["session"]["attributes"] = {**reply["sessionAttributes"], "other": 1}
+    reply = await alexa.ok(second)
+    assert spoken(reply) == "Comedy it is."
+    assert bot.texts == ["options", "/pick_comedy"]
+    # Buttons are forgotten once answered; other attributes are kept.
+    assert reply["sessionAttributes"] == {"other": 1}
+
+
+@pytest.mark.slow
+async def test_buttons_survive_help_and_an_empty_slot(alexa, bot):
+    first = alexa_request(text="options")
+    attributes = (await alexa.ok(first))["sessionAttributes"]
+    session_id = first["session"]["sessionId"]
+    for request in (
+        alexa_request(intent_name="AMAZON.HelpIntent", text=None, session_id=session_id),
+        alexa_request(text=None, session_id=session_id),
+    ):
+        request["session"]["attributes"] = attributes
+        reply = await alexa.ok(request)
+        assert reply["sessionAttributes"] == attributes
+    last = alexa_request(text="Drama", session_id=session_id)
+    last["session"]["attributes"] = attributes
+    assert spoken(await alexa.ok(last)) == "Drama it is."
+    assert bot.texts == ["options", "/pick_drama"]
+
+
+@pytest.mark.slow
+async def test_unknown_request_type_gets_an_empty_answer(alexa, bot, caplog):
+    request = alexa_request("LaunchRequest")
+    request["request"]["type"] = "Alexa.Presentation.APL.UserEvent"
+    with caplog.at_level(logging.INFO, logger="alexa_connector.channel"):
+        reply = await alexa.ok(request)
+    assert reply == {"version": "1.0", "response": {}}
+    assert bot.messages == []
+    assert "Alexa.Presentation.APL.UserEvent" in caplog.text
+
+
+@pytest.mark.slow
+async def test_slow_bot_gets_the_timeout_message_and_the_late_reply_is_stored(
+    credentials, bot, pki
+):
+    connector = AlexaConnector.from_credentials({**credentials, "reply_timeout": 0.2})
+    bot.delay = 0.6
+    async with serve(connector, bot, pki) as alexa:
+        started = time.monotonic()
+        reply = await alexa.ok(alexa_request(text="hello"))
+        assert time.monotonic() - started < 0.6
+        assert spoken(reply) == defaults.timeout_message
+        assert reply["response"]["shouldEndSession"] is False
+        assert connector.pending == 1
+        # The turn finishes in the background and lands in the tracker.
+        assert await connector.wait_for_pending(timeout=10)
+        assert connector.pending == 0
+        tracker = await bot.tracker(USER_ID)
+        assert [event.text for event in user_events(tracker)] == ["hello"]
+        assert bot_texts(tracker) == ["Hello there!", "How are you doing?"]
+        # The next turn is answered normally.
+        bot.delay = 0
+        assert spoken(await alexa.ok(alexa_request(text="channel"))) == "alexa reply"
+
+
+@pytest.mark.slow
+async def test_server_stop_waits_for_late_turns(credentials, bot, pki):
+    connector = AlexaConnector.from_credentials({**credentials, "reply_timeout": 0.1})
+    bot.delay = 0.4
+    async with serve(connector, bot, pki) as alexa:
+        reply = await alexa.ok(alexa_request(text="hello"))
+        assert spoken(reply) == defaults.timeout_message
+    # The server's before_server_stop listener waited for the turn.
+    assert connector.pending == 0
+    assert [event.text for event in user_events(await bot.tracker(USER_ID))] == ["hello"]
+
+
+@pytest.mark.slow
+async def test_a_failing_bot_is_answered_with_the_fallback_not_a_500(alexa, bot, caplog):
+    bot.fail = True
+    with caplog.at_level(logging.ERROR, logger="alexa_connector.channel"):
+        reply = await alexa.ok(alexa_request(text="hello"))
+    assert spoken(reply) == defaults.fallback_message
+    assert "the bot broke" in caplog.text
+
+
+@pytest.mark.slow
+async def test_custom_messages_and_no_reprompt(credentials, bot, pki):
+    connector = AlexaConnector.from_credentials(
+        {
+            **credentials,
+            "launch_message": "Welcome & hello.",
+            "reprompt": None,
+            "stop_message": "Ciao.",
+        }
+    )
+    async with serve(connector, bot, pki) as alexa:
+        launch = await alexa.ok(alexa_request("LaunchRequest"))
+        stop = await alexa.ok(alexa_request(intent_name="AMAZON.StopIntent", text=None))
+    assert ssml(launch) == "<speak>Welcome &amp; hello.</speak>"
+    assert "reprompt" not in launch["response"]
+    assert spoken(stop) == "Ciao."
+
+
+# --------------------------------------------------------------------------- rejected requests
+
+
+async def _rejected(alexa: AlexaClient, bot: CountingAgent, *args: Any, **kwargs: Any) -> str:
+    status, reply = await alexa.post_raw(*args, **kwargs)
+    assert status == 400, reply
+    assert isinstance(reply, dict) and isinstance(reply.get("error"), str), reply
+    assert bot.messages == []
+    return reply["error"]
+
+
+@pytest.mark.slow
+async def test_tampered_body_is_rejected(alexa, bot, caplog):
+    body = json.dumps(alexa_request(text="hello")).encode()
+    headers = alexa.signed_headers(body)
+    tampered = body.replace(b"hello", b"HELLO")
+    with caplog.at_level(logging.WARNING, logger="alexa_connector.channel"):
+        reason = await _rejected(alexa, bot, tampered, headers)
+    assert "signature" in reason
+    assert "Rejected an Alexa request" in caplog.text
+
+
+@pytest.mark.slow
+async def test_wrong_skill_id_is_rejected(alexa, bot):
+    body = json.dumps(alexa_request(text="hello", skill_id="amzn1.ask.skill.other")).encode()
+    assert "application id" in await _rejected(alexa, bot, body, alexa.signed_headers(body))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://s3.amazonaws.com/echo.api/echo-api-cert-12.pem",
+        "https://notamazon.com/echo.api/echo-api-cert-12.pem",
+        "https://s3.amazonaws.com/EcHo.aPi/echo-api-cert-12.pem",
+        "https://s3.amazonaws.com/echo.api/../invalid.pem",
+        "https://s3.amazonaws.com:563/echo.api/echo-api-cert-12.pem",
+    ],
+)
+async def test_bad_certificate_url_is_rejected(alexa, bot, url):
+    body = json.dumps(alexa_request(text="hello")).encode()
+    headers = {**alexa.signed_headers(body), "SignatureCertChainUrl": url}
+    assert "certificate chain URL" in await _rejected(alexa, bot, body, headers)
+
+
+@pytest.mark.slow
+async def test_signature_by_an_untrusted_key_is_rejected(alexa, bot):
+    body = json.dumps(alexa_request(text="hello")).encode()
+    other = make_pki(keys="untrusted")
+    headers = alexa.signed_headers(body, key=other.leaf_key)
+    assert "signature" in await _rejected(alexa, bot, body, headers)
+
+
+@pytest.mark.slow
+async def test_stale_request_is_rejected(alexa, bot):
+    from datetime import datetime, timedelta, timezone
+
+    stale = datetime.now(timezone.utc) - timedelta(seconds=151)
+    body = json.dumps(alexa_request(text="hello", timestamp=stale)).encode()
+    assert "stale" in await _rejected(alexa, bot, body, alexa.signed_headers(body))
+
+
+@pytest.mark.slow
+async def test_unsigned_and_malformed_requests_are_rejected(alexa, bot):
+    body = json.dumps(alexa_request(text="hello")).encode()
+    assert "SignatureCertChainUrl" in await _rejected(alexa, bot, body, {})
+    headers = alexa.signed_headers(body)
+    del headers["Signature-256"]
+    assert "Signature" in await _rejected(alexa, bot, body, headers)
+    garbage = b"not json at all"
+    assert "JSON" in await _rejected(alexa, bot, garbage, alexa.signed_headers(garbage))
+    no_request = json.dumps({"version": "1.0", "session": {}}).encode()
+    assert "request" in await _rejected(alexa, bot, no_request, alexa.signed_headers(no_request))
+    huge = b" " * (300 * 1024)
+    assert "too large" in await _rejected(alexa, bot, huge, alexa.signed_headers(huge))
+
+
+@pytest.mark.slow
+async def test_signed_request_without_a_user_is_rejected(alexa, bot):
+    request = alexa_request(text="hello")
+    del request["session"]["user"]
+    del request["context"]["System"]["user"]
+    body = json.dumps(request).encode()
+    assert "user id" in await _rejected(alexa, bot, body, alexa.signed_headers(body))
+
+
+@pytest.mark.slow
+async def test_signed_intent_request_without_an_intent_is_rejected(alexa, bot):
+    request = alexa_request(text="hello")
+    del request["request"]["intent"]
+    body = json.dumps(request).encode()
+    assert "intent" in await _rejected(alexa, bot, body, alexa.signed_headers(body))
+
+
+# --------------------------------------------------------------------------- verification off
+
+
+@pytest.mark.slow
+async def test_verification_disabled_accepts_unsigned_requests_and_warns(bot, pki, caplog):
+    with caplog.at_level(logging.WARNING, logger="alexa_connector.channel"):
+        connector = AlexaConnector.from_credentials({"verify_signature": False})
+    assert "verification is DISABLED" in caplog.text
+    assert connector.verifier is None
+    async with serve(connector, bot, pki) as alexa:
+        body = json.dumps(alexa_request(text="channel", skill_id="anything")).encode()
+        status, reply = await alexa.post_raw(body, {"Content-Type": "application/json"})
+        assert status == 200
+        assert spoken(reply) == "alexa reply"
+        bot.messages.clear()
+        # The request shape is still checked.
+        for bad in (b"{not json", b"[1, 2]", b'{"version": "1.0"}', b'{"request": {}}'):
+            status, reply = await alexa.post_raw(bad)
+            assert status == 400, (bad, reply)
+        assert bot.messages == []
+
+
+@pytest.mark.slow
+async def test_verification_disabled_still_checks_a_configured_skill_id(bot, pki):
+    connector = AlexaConnector.from_credentials({"verify_signature": False, "skill_id": SKILL_ID})
+    async with serve(connector, bot, pki) as alexa:
+        body = json.dumps(alexa_request(text="hello", skill_id="amzn1.ask.skill.other")).encode()
+        assert "application id" in await _rejected(alexa, bot, body)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_channel_name_and_rasa_can_load_it_from_credentials(credentials):
+    from rasa.core.run import _create_single_channel
+
+    channel = _create_single_channel("alexa_connector.AlexaConnector", credentials)
+    assert isinstance(channel, AlexaConnector)
+    assert channel.name() == "alexa"
+    assert channel.url_prefix() == "alexa"
+    assert AlexaOutputChannel.name() == "alexa"
+    assert channel.settings.skill_id == SKILL_ID
+    assert channel.settings.reply_timeout == 6.0
+    assert channel.settings.slot_name == "text"
+
+
+def test_keyword_construction(credentials):
+    connector = AlexaConnector(
+        SKILL_ID, **{k: v for k, v in credentials.items() if k != "skill_id"}
+    )
+    assert connector.verifier is not None
+    assert connector.verifier.skill_id == SKILL_ID
+    assert connector.verifier.timestamp_tolerance == 150
+
+
+def test_timestamp_tolerance_above_150_s_is_refused(credentials):
+    with pytest.raises(AlexaConfigurationError, match="timestamp_tolerance"):
+        AlexaConnector.from_credentials({**credentials, "timestamp_tolerance": 300})
+    connector = AlexaConnector.from_credentials({**credentials, "timestamp_tolerance": 30})
+    assert connector.verifier.timestamp_tolerance == 30
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"skill_id": None}, "skill_id"),
+        ({"skill_id": "  "}, "skill_id"),
+        ({"timestamp_tolerance": 0}, "timestamp_tolerance"),
+        ({"timestamp_tolerance": "soon"}, "timestamp_tolerance"),
+        ({"reply_timeout": 8}, "reply_timeout"),
+        ({"reply_timeout": -1}, "reply_timeout"),
+        ({"reply_timeout": float("nan")}, "reply_timeout"),
+        ({"reply_timeout": True}, "reply_timeout"),
+        ({"verify_signature": "maybe"}, "verify_signature"),
+        ({"launch_message": ""}, "launch_message"),
+        ({"stop_message": 3}, "stop_message"),
+        ({"slot_name": None}, "slot_name"),
+        ({"skil_id": "typo"}, "skil_id"),
+        ({"trusted_roots": "/nonexistent/roots.pem"}, "trusted roots"),
+    ],
+)
+def test_bad_credentials_are_refused_at_start_up(credentials, changes, key):
+    with pytest.raises(AlexaConfigurationError, match=key):
+        AlexaConnector.from_credentials({**credentials, **changes})
+
+
+def test_missing_credentials_are_refused():
+    from rasa.shared.exceptions import RasaException
+
+    with pytest.raises(RasaException, match="skill_id"):
+        AlexaConnector.from_credentials(None)
+    with pytest.raises(AlexaConfigurationError, match="mapping"):
+        AlexaConnector.from_credentials(["skill_id"])
+
+
+def test_string_values_from_environment_substitution_are_accepted(credentials):
+    connector = AlexaConnector.from_credentials(
+        {**credentials, "verify_signature": "true", "reply_timeout": "4.5"}
+    )
+    assert connector.settings.verify_signature is True
+    assert connector.settings.reply_timeout == 4.5
+
+
+def test_package_import_is_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, alexa_connector, alexa_connector.speech;"
+        "print('rasa' in sys.modules, 'sanic' in sys.modules);"
+        "print(alexa_connector.AlexaConnector.name())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "RASA_TELEMETRY_ENABLED": "false"},
+        check=True,
+    )
+    assert result.stdout.split() == ["False", "False", "alexa"]
+
+
+# --------------------------------------------------------------------------- skill package
+
+
+def test_interaction_model_matches_the_connector():
+    model = json.loads(INTERACTION_MODEL.read_text())["interactionModel"]["languageModel"]
+    assert model["invocationName"] == model["invocationName"].lower()
+    assert len(model["invocationName"].split()) >= 2
+    intents = {intent["name"]: intent for intent in model["intents"]}
+    for builtin in (
+        "AMAZON.HelpIntent",
+        "AMAZON.StopIntent",
+        "AMAZON.CancelIntent",
+        "AMAZON.FallbackIntent",
+        "AMAZON.NavigateHomeIntent",
+    ):
+        assert builtin in intents
+    catch_all = intents["CatchAllIntent"]
+    (slot,) = catch_all["slots"]
+    assert slot["name"] == defaults.slot_name
+    assert slot["type"] == "CATCH_ALL"
+    samples = catch_all["samples"]
+    assert "{text}" in samples
+    assert all("{text}" in sample for sample in samples)
+    assert len(samples) == len(set(samples)) >= 5
+    (slot_type,) = [t for t in model["types"] if t["name"] == "CATCH_ALL"]
+    values = [value["name"]["value"] for value in slot_type["values"]]
+    assert len(values) == len(set(values)) >= 50
+    assert any(len(value.split()) >= 6 for value in values)
+
+
+def test_skill_manifest():
+    manifest = json.loads(SKILL_MANIFEST.read_text())["manifest"]
+    endpoint = manifest["apis"]["custom"]["endpoint"]
+    assert endpoint["uri"].startswith("https://")
+    assert endpoint["uri"].endswith("/webhooks/alexa/webhook")
+    assert endpoint["sslCertificateType"] in ("Wildcard", "SelfSigned", "Trusted")
+    assert "en-US" in manifest["publishingInformation"]["locales"]

@@ -1,0 +1,244 @@
+"""The demo assistant behind ``rasa run`` (a subprocess) with the REST and Alexa channels.
+
+Uses the demo model of tests/conftest.py (``demo_model``: the repository's domain, data and
+config with the small pre-trained HRED, trained once per test session), starts ``rasa run
+--credentials`` on 127.0.0.1 with a credentials file that names
+``alexa_connector.AlexaConnector`` (trusting the throw-away test PKI), and talks to it with
+signed requests built from ask-sdk-model's typed envelopes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from alexa_pki import CERT_URL, SKILL_ID, USER_ID, make_pki, sign, write_chain_cache
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+RASA = Path(sys.executable).with_name("rasa")
+STARTUP_TIMEOUT_S = 240
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RASA_TELEMETRY_ENABLED": "false",
+        "RASA_CACHE_DIRECTORY": str(tmp / "cache"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return make_pki()
+
+
+@pytest.fixture(scope="module")
+def alexa_rasa_server(demo_model, pki, tmp_path_factory) -> Iterator[str]:
+    """``rasa run`` with both channels; yields its base URL."""
+    tmp = tmp_path_factory.mktemp("alexa_e2e_run")
+    roots = pki.write_root(tmp / "roots.pem")
+    write_chain_cache(tmp / "certs", CERT_URL, pki.chain_pem)
+    (tmp / "credentials.yml").write_text(
+        "rest:\n"
+        "alexa_connector.AlexaConnector:\n"
+        f'  skill_id: "{SKILL_ID}"\n'
+        f'  trusted_roots: "{roots}"\n'
+        f'  certificate_cache_dir: "{tmp / "certs"}"\n'
+    )
+    port = _free_port()
+    log_path = tmp / "rasa_run.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(RASA),
+                "run",
+                "--interface",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--credentials",
+                str(tmp / "credentials.yml"),
+                "--model",
+                str(demo_model),
+            ],
+            cwd=tmp,
+            env=_env(tmp),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        # rasa run loads the model before it opens the port.
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"rasa run did not start:\n{log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{base_url}/webhooks/alexa/", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def envelope(request: Any, *, new: bool = False) -> bytes:
+    """A request envelope as Alexa sends it, built from ask-sdk-model's types."""
+    from ask_sdk_core.serialize import DefaultSerializer
+    from ask_sdk_model import Application, Context, RequestEnvelope, Session, User
+    from ask_sdk_model.interfaces.system import SystemState
+
+    application = Application(application_id=SKILL_ID)
+    user = User(user_id=USER_ID)
+    model = RequestEnvelope(
+        version="1.0",
+        session=Session(
+            new=new,
+            session_id="amzn1.echo-api.session.e2e",
+            application=application,
+            user=user,
+            attributes={},
+        ),
+        context=Context(system=SystemState(application=application, user=user)),
+        request=request,
+    )
+    return json.dumps(DefaultSerializer().serialize(model)).encode("utf-8")
+
+
+def _request_id() -> str:
+    return f"amzn1.echo-api.request.{uuid.uuid4()}"
+
+
+def launch() -> bytes:
+    from ask_sdk_model import LaunchRequest
+
+    return envelope(
+        LaunchRequest(request_id=_request_id(), timestamp=_now(), locale="en-US"), new=True
+    )
+
+
+def said(text: str) -> bytes:
+    from ask_sdk_model import Intent, IntentRequest, Slot
+
+    intent = Intent(name="CatchAllIntent", slots={"text": Slot(name="text", value=text)})
+    return envelope(
+        IntentRequest(request_id=_request_id(), timestamp=_now(), locale="en-US", intent=intent)
+    )
+
+
+def session_ended() -> bytes:
+    from ask_sdk_model import SessionEndedReason, SessionEndedRequest
+
+    return envelope(
+        SessionEndedRequest(
+            request_id=_request_id(),
+            timestamp=_now(),
+            locale="en-US",
+            reason=SessionEndedReason.USER_INITIATED,
+        )
+    )
+
+
+def post(base_url: str, body: bytes, key: Any) -> requests.Response:
+    headers = {
+        "Content-Type": "application/json",
+        "SignatureCertChainUrl": CERT_URL,
+        "Signature-256": sign(body, key),
+    }
+    return requests.post(
+        f"{base_url}/webhooks/alexa/webhook", data=body, headers=headers, timeout=30
+    )
+
+
+def speech(reply: requests.Response) -> str:
+    assert reply.status_code == 200, reply.text
+    from xml.etree import ElementTree
+
+    ssml = reply.json()["response"]["outputSpeech"]["ssml"]
+    return "".join(ElementTree.fromstring(ssml).itertext())
+
+
+# --------------------------------------------------------------------------- the test
+
+
+def test_demo_assistant_on_alexa_and_rest(alexa_rasa_server, pki):
+    rasa_server = alexa_rasa_server
+    from rasa.shared.core.domain import Domain
+
+    from alexa_connector.channel import AlexaSettings
+
+    domain = Domain.load(str(ROOT / "domain.yml"))
+    greetings = domain.responses["utter_greet"]
+    alexa_greetings = {r["text"] for r in greetings if r.get("channel") == "alexa"}
+    plain_greetings = {r["text"] for r in greetings if not r.get("channel")}
+    assert alexa_greetings and plain_greetings
+
+    assert requests.get(f"{rasa_server}/webhooks/alexa/", timeout=10).json() == {"status": "ok"}
+
+    reply = post(rasa_server, launch(), pki.leaf_key)
+    assert speech(reply) == AlexaSettings().launch_message
+    assert reply.json()["response"]["shouldEndSession"] is False
+
+    # The demo's greeting has a `channel: alexa` variation; Alexa hears it.
+    reply = post(rasa_server, said("hello there"), pki.leaf_key)
+    assert speech(reply) in alexa_greetings
+    assert reply.json()["response"]["reprompt"]["outputSpeech"]["type"] == "SSML"
+
+    # Chit-chat: the HRED policy (or its fallback response) answers; Alexa hears it.
+    reply = post(rasa_server, said("what's the best movie you have ever seen"), pki.leaf_key)
+    chat = speech(reply)
+    assert chat.strip()
+    assert chat not in (AlexaSettings().timeout_message, AlexaSettings().fallback_message)
+
+    # A forged request never reaches the bot.
+    body = said("hello there")
+    forged = post(rasa_server, body, make_pki(keys="e2e-forger").leaf_key)
+    assert forged.status_code == 400
+    assert "signature" in forged.json()["error"]
+
+    reply = post(rasa_server, session_ended(), pki.leaf_key)
+    assert reply.status_code == 200
+    assert reply.json() == {"version": "1.0", "response": {}}
+
+    # The REST channel of the same server still gets the ordinary variation.
+    rest = requests.post(
+        f"{rasa_server}/webhooks/rest/webhook",
+        json={"sender": "rest-user", "message": "hello there"},
+        timeout=30,
+    )
+    assert rest.status_code == 200
+    assert rest.json()[0]["text"] in plain_greetings
