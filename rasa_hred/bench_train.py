@@ -19,6 +19,7 @@ import torch
 from rasa_hred.batching import DialogueIds, bucketed_batches, make_batch, padding_fraction
 from rasa_hred.checkpoint import resolve_device
 from rasa_hred.model import HRED, HREDConfig, LossOn
+from rasa_hred.training import autocast
 
 SEED_VOCAB = 10_004
 
@@ -60,6 +61,7 @@ def measure(
     device: torch.device,
     seconds: float,
     warmup: int = 2,
+    cpu_bf16: bool = False,
 ) -> dict[str, float]:
     """Run optimisation steps for about ``seconds`` and report throughput."""
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
@@ -72,7 +74,7 @@ def measure(
     started = None
     for step in range(10**9):
         batch = batches[step % len(batches)].to(device)
-        with _autocast(device):
+        with autocast(device, cpu_bf16=cpu_bf16):
             out = model(batch, loss_on=loss_on)
         optimizer.zero_grad(set_to_none=True)
         (out["loss_sum"] / out["tokens"]).backward()
@@ -104,14 +106,6 @@ def measure(
     }
 
 
-def _autocast(device: torch.device) -> Any:
-    import contextlib
-
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -127,6 +121,10 @@ def bench_train_command(args: argparse.Namespace) -> int:
     model = HRED(seed_config()).to(device)
     last = measure(model, data, batch_size, "last", device, args.seconds)
     full = measure(model, data, batch_size, "all", device, args.seconds)
+    # On a CPU, also the opt-in bfloat16 autocast (`cpu_bf16: true` in training).
+    cpu_bf16 = None
+    if device.type == "cpu" and args.cpu_bf16:
+        cpu_bf16 = measure(model, data, batch_size, "last", device, args.seconds, cpu_bf16=True)
     result: dict[str, Any] = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
@@ -139,6 +137,7 @@ def bench_train_command(args: argparse.Namespace) -> int:
         "tokens_per_s_full_loss": full["tokens_per_s"],
         "modelled_tokens_per_s_full_loss": full["modelled_tokens_per_s"],
         "padding_fraction": last["padding_fraction"],
+        "tokens_per_s_cpu_bf16": cpu_bf16["tokens_per_s"] if cpu_bf16 else None,
         "anchor_tokens_per_s": 5840 if batch_size == 50 else None,
     }
     if result["anchor_tokens_per_s"]:

@@ -80,7 +80,8 @@ class TrainingConfig:
     scheduled_sampling_epochs: int = 10  # epochs over which it rises linearly from 0
     seed: int = 0
     device: str = "auto"
-    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+    bf16: bool = True  # autocast to bfloat16 on CUDA
+    cpu_bf16: bool = False  # autocast to bfloat16 on the CPU too (fast on AVX512-BF16/AMX)
     threads: int | None = None
     progress: bool = True
 
@@ -394,13 +395,20 @@ class Trainer:
     # --- small things -------------------------------------------------------------------
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda" and self.config.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.config.bf16, self.config.cpu_bf16)
 
     def _log(self, message: str) -> None:
         if self.rank.main:
             print(message, file=sys.stderr, flush=True)
+
+
+def autocast(
+    device: torch.device, bf16: bool = True, cpu_bf16: bool = False
+) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast where asked for; the loss is always computed in float32."""
+    if (device.type == "cuda" and bf16) or (device.type == "cpu" and cpu_bf16):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,832 @@
+"""Beam search, greedy decoding, sampling and MMI-antiLM reranking on HRED's step API.
+
+Everything here works on token ids: ``decode(model, contexts, config)`` takes one context per
+conversation (a list of ``<s> .. </s>`` utterances, possibly empty) and returns, for each, its
+best hypotheses. Text, safety valves and batching of requests live in ``rasa_hred.generator``.
+
+How the search runs (the seed's HRED re-ran the whole prefix through the decoder at every
+step; this never does):
+
+- All conversations are decoded together: conversation ``b`` owns rows ``b*K .. b*K+K-1`` of
+  every tensor (``K`` beams). The decoder's hidden state is carried from step to step and
+  reordered with the surviving beams; the prefix is never fed again.
+- Each step scores ``K * V`` continuations per conversation, takes the best ``2K``; a
+  ``</s>`` among the first ``K`` of them finishes a hypothesis (it is set aside), and the
+  best ``K`` others become the next beams. A conversation is done when it holds ``K``
+  finished hypotheses, or ``n`` finished ones (``n`` = the candidates wanted) that no live
+  beam can beat any more: log-probabilities only fall as a reply grows, so a live beam's
+  best possible final score is its current total divided by the most favourable length
+  penalty still reachable. Done conversations leave the batch (their rows are dropped).
+- At ``max_length`` tokens the live beams end as they are (no ``</s>``).
+- Scores: ``log p / lp(len)`` with ``lp = ((5 + len) / 6) ** alpha`` (Wu et al., 2016),
+  ``len`` counting the ``</s>``; ``length_penalty="mean"`` uses the mean log-probability.
+- Greedy decoding is the argmax path and equals a beam of one.
+- Repeated n-grams are blocked: a token that would complete an n-gram the reply already
+  contains gets probability zero. Banned tokens (``<unk>``, ``<pad>``, ``<s>`` and the
+  placeholders by default) never appear.
+- MMI-antiLM (Li et al., 2016): with ``mmi_lambda > 0`` the search collects ``beam_size``
+  candidates and reranks them by ``score - lambda * log p_LM(first k tokens)``, where the
+  language model is the same decoder with a zero context vector (HRED's context for an empty
+  dialogue), run teacher-forced over all candidates in one batched pass.
+
+The per-step decoder math is fused here (``_Stepper``): the context's share of the decoder's
+input and output layers is computed once per reply instead of at every step, and on the CPU
+the weights are prepacked for oneDNN (cached per model, repacked when a weight changes). On
+first use with a model the fused step is checked against ``HRED.decode_step``; should they
+ever differ (a changed model), decoding falls back to ``decode_step`` and says so in the log.
+Batches above ``MAX_ROWS`` rows (``MAX_ROWS_CPU`` on a CPU) are decoded in chunks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rasa_hred.errors import UserError
+from rasa_hred.model import HRED
+from rasa_hred.vocab import BOS, PAD, PLACEHOLDERS, SPECIAL_TOKENS, UNK, Vocabulary
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("beam", "greedy", "sample")
+DEFAULT_BANNED: tuple[str, ...] = (UNK, PAD, BOS)
+# Decoding runs at most this many rows (conversations x beams) at once; more are chunked.
+# On a CPU the per-step [rows, vocabulary] tensors should stay cache-sized: beyond a few
+# hundred rows a larger batch is no faster per reply, only bigger.
+MAX_ROWS = 16384
+MAX_ROWS_CPU = 256
+
+_NEG_INF = float("-inf")
+
+
+class DecodingError(UserError, ValueError):
+    """An invalid decoding setting (a ValueError for library callers, one line in the CLI)."""
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+@dataclass
+class DecodingConfig:
+    """How to turn a context into replies; ``config.json`` may hold defaults under ``decoding``.
+
+    ``force_length`` is for benchmarks: ``</s>`` is suppressed until that many tokens, then
+    every reply stops there (the seed always ran a fixed number of steps).
+    """
+
+    method: str = "beam"  # "beam" | "greedy" | "sample"
+    beam_size: int = 5
+    n_best: int = 1
+    max_length: int = 30  # tokens, </s> excluded
+    min_length: int = 1
+    length_penalty: float | str = 1.0  # GNMT alpha (0 = raw log-prob), or "mean"
+    no_repeat_ngram: int = 3  # 0 = off
+    banned_tokens: tuple[str, ...] = DEFAULT_BANNED
+    allow_placeholders: bool = False  # placeholders are banned unless this is set
+    mmi_lambda: float = 0.0  # 0 = off
+    mmi_tokens: int = 5
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None
+    force_length: int | None = None
+
+    def __post_init__(self) -> None:
+        self.banned_tokens = tuple(self.banned_tokens)
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.beam_size < 1:
+            problems.append(f"beam_size must be >= 1, not {self.beam_size}")
+        if self.n_best < 1:
+            problems.append(f"n_best must be >= 1, not {self.n_best}")
+        if self.method == "beam" and self.n_best > self.beam_size:
+            problems.append(f"n_best ({self.n_best}) cannot exceed beam_size ({self.beam_size})")
+        if self.method == "greedy" and self.n_best > 1:
+            problems.append("greedy decoding gives one reply: use beam or sample for n_best > 1")
+        if self.max_length < 1:
+            problems.append(f"max_length must be >= 1, not {self.max_length}")
+        if not 0 <= self.min_length <= self.max_length:
+            problems.append(
+                f"min_length must be between 0 and max_length ({self.max_length}), "
+                f"not {self.min_length}"
+            )
+        if isinstance(self.length_penalty, str):
+            if self.length_penalty != "mean":
+                problems.append(
+                    f"length_penalty must be a number or 'mean', not {self.length_penalty!r}"
+                )
+        elif not math.isfinite(float(self.length_penalty)):
+            problems.append("length_penalty must be finite")
+        if self.no_repeat_ngram < 0:
+            problems.append(f"no_repeat_ngram must be >= 0, not {self.no_repeat_ngram}")
+        if self.mmi_lambda < 0 or not math.isfinite(self.mmi_lambda):
+            problems.append(f"mmi_lambda must be >= 0, not {self.mmi_lambda}")
+        if self.mmi_tokens < 1:
+            problems.append(f"mmi_tokens must be >= 1, not {self.mmi_tokens}")
+        if not self.temperature > 0:
+            problems.append(f"temperature must be > 0, not {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0, not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.force_length is not None and self.force_length < 1:
+            problems.append(f"force_length must be >= 1, not {self.force_length}")
+        if problems:
+            raise DecodingError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DecodingConfig:
+        """Build from a mapping (e.g. config.json's ``decoding``); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DecodingError(f"unknown decoding option(s): {', '.join(unknown)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["banned_tokens"] = list(self.banned_tokens)
+        return data
+
+    def replace(self, **overrides: Any) -> DecodingConfig:
+        """A copy with ``overrides`` applied (validated; unknown names are an error)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise DecodingError(f"unknown decoding option(s): {', '.join(unknown)}")
+        return replace(self, **overrides)
+
+    @property
+    def num_candidates(self) -> int:
+        """Hypotheses collected per context: ``n_best``, or ``beam_size`` for MMI reranking."""
+        if self.mmi_lambda > 0 and self.method != "greedy":
+            return max(self.n_best, self.beam_size)
+        return self.n_best
+
+    def banned_ids(self, vocabulary: Vocabulary | None, bos_id: int, pad_id: int) -> list[int]:
+        """Ids never generated. Without a vocabulary the standard layout is assumed
+        (``Vocabulary.build``: the special tokens at ids 0..6)."""
+        tokens = list(self.banned_tokens)
+        if not self.allow_placeholders:
+            tokens += [p for p in PLACEHOLDERS if p not in tokens]
+        ids = set()
+        for token in tokens:
+            if token == BOS:
+                ids.add(bos_id)
+            elif token == PAD:
+                ids.add(pad_id)
+            elif vocabulary is not None:
+                if token in vocabulary:
+                    ids.add(vocabulary.id_of(token))
+            elif token in SPECIAL_TOKENS:
+                ids.add(SPECIAL_TOKENS.index(token))
+        return sorted(ids)
+
+    def length_normaliser(self, length: Tensor | float) -> Tensor | float:
+        """``lp(len)``: the divisor of a hypothesis' total log-probability."""
+        if self.length_penalty == "mean":
+            return length
+        alpha = float(self.length_penalty)
+        if alpha == 0.0:
+            return length * 0 + 1.0
+        return ((5.0 + length) / 6.0) ** alpha
+
+
+@dataclass
+class Hypothesis:
+    """A decoded reply: ``tokens`` end with ``</s>`` when the reply ended by itself (not at
+    ``max_length``), so ``token_log_probs`` has one entry per token. ``log_prob`` is their
+    total, ``score`` what the hypotheses are ranked by (length-normalised, MMI-adjusted)."""
+
+    tokens: list[int]
+    log_prob: float
+    token_log_probs: list[float]
+    score: float
+    lm_log_prob: float | None = field(default=None, compare=False)  # MMI only
+
+
+# --- the fused decoder step ----------------------------------------------------------------
+
+_FUSED_CHECKED: weakref.WeakKeyDictionary[HRED, bool] = weakref.WeakKeyDictionary()
+
+
+_ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+# Prepacked oneDNN weights per model, rebuilt when a source parameter changes (its data
+# pointer or in-place version counter).
+_PACKED: weakref.WeakKeyDictionary[HRED, dict[str, tuple[tuple[int, ...], Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _version_key(*sources: Tensor) -> tuple[int, ...] | None:
+    try:
+        return tuple(v for t in sources for v in (t.data_ptr(), t._version))
+    except RuntimeError:  # inference tensors keep no version counter: do not cache
+        return None
+
+
+class _Matmul:
+    """``x @ W.T (+ bias)``. On the CPU in float32 the weight is prepacked for oneDNN
+    (MKL's sgemm is several times slower for the few-row products of decoding on some
+    CPUs, AMD's among them); elsewhere it is a plain ``addmm``."""
+
+    def __init__(self, model: HRED, name: str, packed: bool, build: Any, *sources: Tensor) -> None:
+        self.packed = packed
+        if not packed:
+            self.weight = build().t()
+            return
+        cache = _PACKED.setdefault(model, {})
+        key = _version_key(*sources)
+        hit = cache.get(name)
+        if key is not None and hit is not None and hit[0] == key:
+            self.weight = hit[1]
+            return
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(build().contiguous())
+        if key is not None:
+            cache[name] = (key, self.weight)
+
+    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``bias`` is [out] or a per-row [R, out]."""
+        if self.packed:
+            if bias is None or bias.dim() == 1:
+                return torch.ops.mkldnn._linear_pointwise(x, self.weight, bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, bias, self.weight, None, "add")
+        if bias is None:
+            return x @ self.weight
+        return torch.addmm(bias, x, self.weight)
+
+
+class _Stepper:
+    """One decoder step for many rows, the hidden state carried by the caller.
+
+    ``HRED.decode_step`` concatenates ``[previous word; context]`` as the GRU input and
+    ``[state; context; previous word]`` as the output layer's input at every step; the
+    context halves of those products are the same at every step, so they are computed once
+    here. The GRU cell is written out (gates r, z, n in PyTorch's order).
+    """
+
+    def __init__(self, model: HRED, context: Tensor, fused: bool | None = None) -> None:
+        self.model = model
+        self.context = context
+        self.fused = _fused_ok(model) if fused is None else fused
+        if self.fused:
+            self._prepare()
+
+    def _prepare(self) -> None:
+        m, c = self.model, self.model.config
+        weight = m.embedding.weight
+        packed = (
+            _ONEDNN
+            and weight.device.type == "cpu"
+            and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+        )
+        gru = m.decoder
+        e, hd, hc = c.embedding_size, c.decoder_hidden, c.context_hidden
+        self.hidden_size = hd
+        self.layers = []
+        for layer in range(c.decoder_layers):
+            w_ih = getattr(gru, f"weight_ih_l{layer}")
+            b_ih = getattr(gru, f"bias_ih_l{layer}", None)
+            w_hh = getattr(gru, f"weight_hh_l{layer}")
+            b_hh = getattr(gru, f"bias_hh_l{layer}", None)
+            if b_hh is None:
+                b_hh = w_hh.new_zeros(w_hh.size(0))
+            if layer == 0:  # the word's share; the context's is computed once below
+                inputs = _Matmul(m, "ih0", packed, lambda w=w_ih: w[:, :e], w_ih)
+                # context's share of the first layer's input gates, input bias folded in
+                self.context_gates = F.linear(self.context, w_ih[:, e:], b_ih)
+            else:
+                inputs = _Matmul(m, f"ih{layer}", packed, lambda w=w_ih: w, w_ih)
+            hh = _Matmul(m, f"hh{layer}", packed, lambda w=w_hh: w, w_hh)
+            self.layers.append((inputs, b_ih, hh, b_hh))
+        w_out = m.output_hidden.weight  # over [state; context; previous word]
+        self.state_word = _Matmul(
+            m,
+            "out",
+            packed,
+            lambda: torch.cat([w_out[:, :hd], w_out[:, hd + hc :]], dim=1),
+            w_out,
+        )
+        self.context_out = F.linear(self.context, w_out[:, hd : hd + hc], m.output_hidden.bias)
+        self.maxout = c.maxout
+        self.vocab = _Matmul(m, "vocab", packed, lambda: m.output.weight, m.output.weight)
+        self.vocab_bias = m.output.bias
+
+    def repeat(self, times: int) -> None:
+        """Every row becomes ``times`` consecutive rows (beams of one conversation)."""
+        if times > 1:
+            rows = torch.arange(self.context.size(0), device=self.context.device)
+            self.select(rows.repeat_interleave(times))
+
+    def select(self, rows: Tensor) -> None:
+        self.context = self.context.index_select(0, rows)
+        if self.fused:
+            self.context_gates = self.context_gates.index_select(0, rows)
+            self.context_out = self.context_out.index_select(0, rows)
+
+    def initial_hidden(self) -> Tensor:
+        return self.model.initial_decoder_state(self.context)
+
+    def step(self, previous: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """[R] previous tokens, [layers, R, H] hidden -> ([R, V] float log-probs, hidden)."""
+        if not self.fused:
+            return self.model.decode_step(previous, hidden, self.context)
+        size = self.hidden_size
+        word = F.embedding(previous, self.model.embedding.weight)
+        states = []
+        x = word
+        for layer, (inputs, b_ih, hh, b_hh) in enumerate(self.layers):
+            h = hidden[layer]
+            gates_in = inputs(word, self.context_gates) if layer == 0 else inputs(x, b_ih)
+            gates_h = hh(h, b_hh)
+            rz = torch.sigmoid(gates_in[:, : 2 * size] + gates_h[:, : 2 * size])
+            r, z = rz.chunk(2, dim=1)
+            n = torch.tanh(torch.addcmul(gates_in[:, 2 * size :], r, gates_h[:, 2 * size :]))
+            x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+            states.append(x)
+        out = self.state_word(torch.cat([x, word], dim=1), self.context_out)
+        if self.maxout:
+            out = out.view(out.size(0), -1, 2).amax(-1)
+        else:
+            out = torch.tanh(out)
+        logits = self.vocab(out, self.vocab_bias)
+        new_hidden = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
+        return F.log_softmax(logits.float(), dim=-1), new_hidden
+
+
+def _fused_ok(model: HRED) -> bool:
+    """Whether the fused step reproduces ``model.decode_step`` (checked once per model)."""
+    known = _FUSED_CHECKED.get(model)
+    if known is not None:
+        return known
+    ok = False
+    try:
+        with torch.inference_mode(), _eval_mode(model), _autocast_off(model):
+            ok = _check_fused(model)
+    except Exception as error:  # any mismatch in structure: use the model's own step
+        logger.debug("fused decoder step unavailable: %s", error)
+    if not ok:
+        logger.warning(
+            "decoding: the fused decoder step does not match %s.decode_step; using the "
+            "model's step (correct, slower)",
+            type(model).__name__,
+        )
+    _FUSED_CHECKED[model] = ok
+    return ok
+
+
+def _check_fused(model: HRED) -> bool:
+    c = model.config
+    device = model.embedding.weight.device
+    generator = torch.Generator(device="cpu").manual_seed(1234)
+    context = torch.randn(3, c.context_hidden, generator=generator).to(device)
+    previous = torch.randint(0, c.vocab_size, (3,), generator=generator).to(device)
+    reference = _Stepper(model, context, fused=False)
+    fused = _Stepper(model, context, fused=True)
+    hidden = reference.initial_hidden()
+    want, want_hidden = reference.step(previous, hidden)
+    got, got_hidden = fused.step(previous, hidden)
+    want2, _ = reference.step(previous.flip(0), want_hidden)
+    got2, _ = fused.step(previous.flip(0), got_hidden)
+    tolerance = 1e-3 if model.embedding.weight.dtype == torch.float32 else 5e-2
+    return all(
+        a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tolerance, rtol=1e-3)
+        for a, b in ((want, got), (want_hidden, got_hidden), (want2, got2))
+    )
+
+
+@contextlib.contextmanager
+def _autocast_off(model: HRED) -> Iterator[None]:
+    device_type = model.embedding.weight.device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        yield
+
+
+@contextlib.contextmanager
+def _eval_mode(model: HRED) -> Iterator[None]:
+    """Decoding never runs dropout (the seed generated through its training path)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+# --- masks --------------------------------------------------------------------------------
+
+
+def block_repeated_ngrams(log_probs: Tensor, history: Tensor, n: int) -> None:
+    """In place: a token that would complete an n-gram already in its row's ``history``
+    ([R, t] token ids) gets -inf. Vectorised over rows: the last ``n - 1`` tokens are compared
+    with every earlier window of ``n - 1`` tokens, and the tokens that followed the matching
+    windows are blocked."""
+    t = history.size(1)
+    if n <= 0 or t < n - 1 or t == 0:
+        return
+    if n == 1:
+        log_probs.scatter_(1, history, _NEG_INF)
+        return
+    if t < n:
+        return
+    windows = history.unfold(1, n - 1, 1)  # [R, t - n + 2, n - 1]
+    match = (windows[:, :-1] == windows[:, -1:]).all(-1)  # [R, t - n + 1]
+    rows, cols = match.nonzero(as_tuple=True)
+    if rows.numel():
+        flat = rows * log_probs.size(1) + history[:, n - 1 :][rows, cols]
+        log_probs.view(-1).index_fill_(0, flat, _NEG_INF)
+
+
+class _Masker:
+    """Applies every "may not be generated here" rule to a step's log-probabilities."""
+
+    def __init__(
+        self, config: DecodingConfig, banned: Sequence[int], eos_id: int, device: torch.device
+    ) -> None:
+        self.banned = torch.tensor(sorted(set(banned)), dtype=torch.long, device=device)
+        self.banned_and_eos = torch.tensor(
+            sorted({*banned, eos_id}), dtype=torch.long, device=device
+        )
+        self.eos_id = eos_id
+        self.ngram = config.no_repeat_ngram
+        self.force = config.force_length
+        self.min_length = config.force_length or config.min_length
+        self.max_length = config.force_length or config.max_length
+
+    def eos_allowed(self, step: int) -> bool:
+        return step >= self.min_length
+
+    def __call__(self, log_probs: Tensor, history: Tensor, step: int) -> None:
+        if not self.eos_allowed(step):
+            log_probs.index_fill_(1, self.banned_and_eos, _NEG_INF)
+        elif self.banned.numel():
+            log_probs.index_fill_(1, self.banned, _NEG_INF)
+        if self.ngram:
+            block_repeated_ngrams(log_probs, history, self.ngram)
+
+
+# --- beam search --------------------------------------------------------------------------
+
+
+class _Pool:
+    """Finished hypotheses, gathered a step at a time as tensors, turned into lists once."""
+
+    def __init__(self, config: DecodingConfig) -> None:
+        self.config = config
+        self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]] = []
+
+    def add(
+        self, items: Tensor, tokens: Tensor, token_lps: Tensor, totals: Tensor, scores: Tensor
+    ) -> None:
+        self.parts.append((items, tokens, token_lps, totals, scores))
+
+    def best(self, num_items: int, keep: int) -> list[list[Hypothesis]]:
+        found: list[list[tuple[float, int, Hypothesis]]] = [[] for _ in range(num_items)]
+        order = 0
+        for items, tokens, token_lps, totals, scores in self.parts:
+            for item, toks, lps, total, score in zip(
+                items.tolist(),
+                tokens.tolist(),
+                token_lps.tolist(),
+                totals.tolist(),
+                scores.tolist(),
+            ):
+                found[item].append((score, order, Hypothesis(toks, total, lps, score)))
+                order += 1
+        out = []
+        for entries in found:
+            usable = [e for e in entries if e[0] > _NEG_INF] or entries
+            usable.sort(key=lambda e: (-e[0], e[1]))
+            out.append([h for _, _, h in usable[:keep]])
+        return out
+
+
+def _beam_search(
+    model: HRED, context: Tensor, config: DecodingConfig, masker: _Masker, keep: int
+) -> list[list[Hypothesis]]:
+    c = model.config
+    device = context.device
+    num_items, beams, vocab = context.size(0), config.beam_size, c.vocab_size
+    max_length = masker.max_length
+    stepper = _Stepper(model, context)
+    stepper.repeat(beams)
+    hidden = stepper.initial_hidden()
+    rows_total = num_items * beams
+    previous = torch.full((rows_total,), c.bos_id, dtype=torch.long, device=device)
+    scores = torch.zeros(num_items, beams, device=device)
+    scores[:, 1:] = _NEG_INF  # all beams start identical: only the first is live
+    # tokens and their log-probs so far, one row per beam (columns 0..step-1 are filled)
+    history = torch.zeros(rows_total, max_length, dtype=torch.long, device=device)
+    history_lps = torch.zeros(rows_total, max_length, device=device)
+    items = torch.arange(num_items, device=device)  # original index of each live item
+    finished = torch.zeros(num_items, dtype=torch.long, device=device)
+    top_finished = torch.full((num_items, keep), _NEG_INF, device=device)
+    pool = _Pool(config)
+    lp = config.length_normaliser
+    any_finished = False
+
+    base = torch.arange(num_items, device=device).unsqueeze(1) * beams  # [A, 1] first rows
+    beam_index = torch.arange(beams, device=device)
+    for step in range(max_length):
+        live = items.size(0)
+        log_probs, hidden = stepper.step(previous, hidden)
+        masker(log_probs, history[:, :step], step)
+        # Each beam's best `per_row` tokens hold every candidate of the item's best
+        # `per_row` (per_row = 2K when </s> may end a hypothesis, else K).
+        eos_allowed = masker.eos_allowed(step)
+        per_row = min(2 * beams if eos_allowed else beams, vocab)
+        row_scores, row_tokens = log_probs.topk(per_row, dim=1)  # [A*K, per_row]
+        candidates = (scores.view(-1, 1) + row_scores).view(live, beams * per_row)
+        if eos_allowed:
+            width = min(2 * beams, beams * per_row)
+            top_scores, top_index = candidates.topk(width, dim=1)
+            tokens = row_tokens.view(live, -1).gather(1, top_index)
+            is_eos = tokens == c.eos_id
+            source = top_index // per_row
+            ends = is_eos[:, :beams] & (top_scores[:, :beams] > _NEG_INF)
+            if bool(ends.any()):
+                any_finished = True
+                length = step + 1
+                normalised = top_scores[:, :beams] / lp(length)
+                which, rank = ends.nonzero(as_tuple=True)
+                rows = base[which, 0] + source[which, rank]
+                ended, ended_lps = history[rows, : step + 1], history_lps[rows, : step + 1]
+                ended[:, step] = c.eos_id
+                ended_lps[:, step] = log_probs[rows, c.eos_id]
+                pool.add(
+                    items[which], ended, ended_lps, top_scores[which, rank], normalised[which, rank]
+                )
+                finished += ends.sum(1)
+                new = torch.where(ends, normalised, torch.full_like(normalised, _NEG_INF))
+                top_finished = torch.cat([top_finished, new], dim=1).topk(keep, dim=1).values
+            # the best `beams` candidates that are not </s>, in score order
+            order = torch.sort(is_eos.to(torch.uint8), dim=1, stable=True).indices[:, :beams]
+            scores = top_scores.gather(1, order)
+            tokens = tokens.gather(1, order)
+            source = source.gather(1, order)
+        else:
+            scores, top_index = candidates.topk(beams, dim=1)
+            tokens = row_tokens.view(live, -1).gather(1, top_index)
+            source = top_index // per_row
+        rows = (base + source).view(-1)
+        tokens = tokens.view(-1)
+        chosen = log_probs[rows, tokens]
+        history, history_lps = history.index_select(0, rows), history_lps.index_select(0, rows)
+        history[:, step] = tokens
+        history_lps[:, step] = chosen
+        hidden = hidden.index_select(1, rows)
+        previous = tokens
+
+        if step + 1 == max_length:  # the live beams end here, without </s>
+            pool.add(
+                items.repeat_interleave(beams),
+                history,
+                history_lps,
+                scores.view(-1),
+                scores.view(-1) / lp(max_length),
+            )
+            break
+        if not any_finished:  # (items whose beams all died run on to max_length)
+            continue
+        best_live = scores.max(dim=1).values
+        # a live beam's final score is at most its total over the most favourable lp
+        bound = torch.maximum(best_live / lp(step + 2), best_live / lp(max_length))
+        done = (finished >= beams) | ((finished >= keep) & (bound <= top_finished[:, -1]))
+        done |= best_live == _NEG_INF
+        if bool(done.any()):
+            dead = done & (finished == 0)  # nothing finished and nothing live: keep the rows
+            if bool(dead.any()):
+                dead_rows = (base[dead] + beam_index).view(-1)
+                pool.add(
+                    items[dead].repeat_interleave(beams),
+                    history[dead_rows, : step + 1],
+                    history_lps[dead_rows, : step + 1],
+                    scores[dead].view(-1),
+                    scores[dead].view(-1),
+                )
+            kept = (~done).nonzero().squeeze(1)
+            if kept.numel() == 0:
+                break
+            kept_rows = (base[kept] + beam_index).view(-1)
+            base = base[: kept.numel()]
+            items, scores = items[kept], scores[kept]
+            finished, top_finished = finished[kept], top_finished[kept]
+            history, history_lps = history[kept_rows], history_lps[kept_rows]
+            previous = previous[kept_rows]
+            hidden = hidden.index_select(1, kept_rows)
+            stepper.select(kept_rows)
+    return pool.best(num_items, keep)
+
+
+# --- greedy and sampling ------------------------------------------------------------------
+
+
+def _greedy_or_sample(
+    model: HRED,
+    context: Tensor,
+    config: DecodingConfig,
+    masker: _Masker,
+    samples: int,
+    generator: torch.Generator | None,
+) -> list[list[Hypothesis]]:
+    """Greedy decoding (the argmax path) for ``method="greedy"``; otherwise ``samples``
+    independent samples per context, drawn with ``generator`` (None: torch's global RNG)."""
+    c = model.config
+    device = context.device
+    num_items = context.size(0)
+    greedy = config.method == "greedy"
+    stepper = _Stepper(model, context)
+    stepper.repeat(samples)
+    hidden = stepper.initial_hidden()
+    rows_total = num_items * samples
+    items = torch.arange(num_items, device=device).repeat_interleave(samples)
+    previous = torch.full((rows_total,), c.bos_id, dtype=torch.long, device=device)
+    totals = torch.zeros(rows_total, device=device)
+    history = torch.empty(rows_total, 0, dtype=torch.long, device=device)
+    history_lps = torch.empty(rows_total, 0, device=device)
+    pool = _Pool(config)
+    lp = config.length_normaliser
+    max_length = masker.max_length
+    for step in range(max_length):
+        log_probs, hidden = stepper.step(previous, hidden)
+        eos_lp = log_probs[:, c.eos_id].clone()
+        masker(log_probs, history, step)
+        if greedy:
+            tokens = log_probs.argmax(dim=1)
+        else:
+            tokens = sample_tokens(
+                log_probs, config.temperature, config.top_k, config.top_p, generator
+            )
+        chosen = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+        stuck = chosen == _NEG_INF  # nothing allowed at all (tiny vocabularies): stop here
+        if bool(stuck.any()):
+            tokens = torch.where(stuck, torch.full_like(tokens, c.eos_id), tokens)
+            chosen = torch.where(stuck, eos_lp, chosen)
+        totals = totals + chosen
+        history = torch.cat([history, tokens.unsqueeze(1)], dim=1)
+        history_lps = torch.cat([history_lps, chosen.unsqueeze(1)], dim=1)
+        previous = tokens
+        if step + 1 == max_length:
+            pool.add(items, history, history_lps, totals, totals / lp(max_length))
+            break
+        ended = tokens == c.eos_id
+        if bool(ended.any()):
+            pool.add(
+                items[ended],
+                history[ended],
+                history_lps[ended],
+                totals[ended],
+                totals[ended] / lp(step + 1),
+            )
+            kept = (~ended).nonzero().squeeze(1)
+            if kept.numel() == 0:
+                break
+            items, totals = items[kept], totals[kept]
+            history, history_lps, previous = history[kept], history_lps[kept], previous[kept]
+            hidden = hidden.index_select(1, kept)
+            stepper.select(kept)
+    return pool.best(num_items, samples)
+
+
+def warp_log_probs(
+    log_probs: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> Tensor:
+    """Temperature, then top-k, then nucleus (top-p) filtering of [R, V] log-probabilities:
+    the log-weights sampling draws from (-inf where a token cannot be drawn)."""
+    warped = log_probs / temperature if temperature != 1.0 else log_probs.clone()
+    vocab = warped.size(-1)
+    if 0 < top_k < vocab:
+        kth = warped.topk(top_k, dim=-1).values[..., -1:]
+        warped = warped.masked_fill(warped < kth, _NEG_INF)
+    if top_p < 1.0:
+        sorted_lps, order = warped.sort(dim=-1, descending=True)
+        probs = sorted_lps.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the strictly better tokens
+        drop_sorted = before >= top_p  # the first token is always kept (before == 0)
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        warped = warped.masked_fill(drop, _NEG_INF)
+    return warped
+
+
+def sample_tokens(
+    log_probs: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One token per row drawn from the warped distribution ([R, V] -> [R])."""
+    warped = warp_log_probs(log_probs, temperature, top_k, top_p)
+    dead = torch.isinf(warped).all(dim=-1)
+    if bool(dead.any()):  # caller replaces these by </s>
+        warped[dead, 0] = 0.0
+    probs = warped.float().softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# --- MMI-antiLM -----------------------------------------------------------------------------
+
+
+def lm_log_probs(model: HRED, sequences: Sequence[Sequence[int]], max_tokens: int) -> Tensor:
+    """log p_LM of the first ``max_tokens`` tokens of each sequence under the decoder with a
+    zero context vector (HRED's state for an empty dialogue); one teacher-forced pass."""
+    c = model.config
+    device = model.embedding.weight.device
+    if not sequences:
+        return torch.zeros(0, device=device)
+    cut = [list(s[:max_tokens]) for s in sequences]
+    width = max(1, max(len(s) for s in cut))
+    inputs = torch.full((len(cut), width), c.pad_id, dtype=torch.long, device=device)
+    targets = torch.full((len(cut), width), c.pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(cut), width), dtype=torch.bool, device=device)
+    for i, seq in enumerate(cut):
+        if not seq:
+            continue
+        row = [c.bos_id, *seq[:-1]]
+        inputs[i, : len(row)] = torch.tensor(row, device=device)
+        targets[i, : len(seq)] = torch.tensor(seq, device=device)
+        mask[i, : len(seq)] = True
+    context = torch.zeros(len(cut), c.context_hidden, device=device)
+    states, _ = model.run_decoder(inputs, context)
+    steps = context.unsqueeze(1).expand(-1, width, -1)
+    logits = model.output_logits(states, steps, inputs)
+    lps = F.log_softmax(logits.float(), dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)
+    return (lps * mask).sum(dim=1)
+
+
+def mmi_rerank(
+    hypotheses: Sequence[Hypothesis], lm_scores: Sequence[float], mmi_lambda: float
+) -> list[Hypothesis]:
+    """``score - lambda * lm`` for each hypothesis, best first (ties keep their order)."""
+    reranked = [
+        replace(h, score=h.score - mmi_lambda * float(lm), lm_log_prob=float(lm))
+        for h, lm in zip(hypotheses, lm_scores, strict=True)
+    ]
+    order = sorted(range(len(reranked)), key=lambda i: -reranked[i].score)
+    return [reranked[i] for i in order]
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def decode(
+    model: HRED,
+    contexts: Sequence[Sequence[Sequence[int]]],
+    config: DecodingConfig | None = None,
+    *,
+    vocabulary: Vocabulary | None = None,
+) -> list[list[Hypothesis]]:
+    """Decode every context (a list of ``<s> .. </s>`` id utterances; may be empty) and
+    return its ``config.n_best`` best hypotheses, best first. All contexts run as one batch
+    (chunked above ``MAX_ROWS`` rows). ``vocabulary`` resolves ``banned_tokens``."""
+    config = config or DecodingConfig()
+    if not contexts:
+        return []
+    c = model.config
+    banned = config.banned_ids(vocabulary, c.bos_id, c.pad_id)
+    device = model.embedding.weight.device
+    generator = None
+    if config.method == "sample" and config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    masker = _Masker(config, banned, c.eos_id, device)
+    keep = config.num_candidates
+    width = config.beam_size if config.method == "beam" else keep
+    max_rows = MAX_ROWS if device.type == "cuda" else min(MAX_ROWS, MAX_ROWS_CPU)
+    chunk = max(1, max_rows // width)
+    results: list[list[Hypothesis]] = []
+    with torch.inference_mode(), _eval_mode(model):
+        _fused_ok(model)  # check (once) outside any chunk's timing
+        for start in range(0, len(contexts), chunk):
+            part = [[list(u) for u in ctx] for ctx in contexts[start : start + chunk]]
+            vectors = model.context_vectors(part)
+            if config.method == "beam":
+                found = _beam_search(model, vectors, config, masker, keep)
+            else:
+                found = _greedy_or_sample(model, vectors, config, masker, keep, generator)
+            if config.mmi_lambda > 0:
+                found = _apply_mmi(model, found, config)
+            results.extend(hyps[: config.n_best] for hyps in found)
+    return results
+
+
+def _apply_mmi(
+    model: HRED, found: list[list[Hypothesis]], config: DecodingConfig
+) -> list[list[Hypothesis]]:
+    flat = [h.tokens for hyps in found for h in hyps]
+    lm = lm_log_probs(model, flat, config.mmi_tokens).tolist()
+    out, at = [], 0
+    for hyps in found:
+        out.append(mmi_rerank(hyps, lm[at : at + len(hyps)], config.mmi_lambda))
+        at += len(hyps)
+    return out

@@ -1,0 +1,457 @@
+"""The reply service: text contexts in, safe display text out, for many conversations at once.
+
+``ResponseGenerator`` is what the CLI (``respond``, ``chat``), the Rasa policy and the NLG
+server share, so that the same conversation gets the same context and the same reply
+whichever way it arrives:
+
+- ``prepare_context`` holds the context rules (last ``max_turns`` non-empty utterances, each
+  tokenized and cut to ``max_utterance_tokens``, as ``<s> .. </s>`` ids);
+- ``generate`` / ``generate_n_best`` decode many conversations in one batch (thread-safe:
+  one lock around the model) and apply the safety valves: a blocklist of words or phrases a
+  reply may not contain (the next-best candidate is taken, ``fallback_reply`` when none is
+  clean), a maximum length in characters (cut at a word boundary, or skipped), and never an
+  empty text;
+- ``agenerate`` is the asyncio entry point: concurrent requests are gathered for a few
+  milliseconds (or until ``max_batch_size``) and decoded as one batch in a worker thread,
+  so the event loop never waits on a forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from rasa_hred.checkpoint import CheckpointError, load_model, resolve_device
+from rasa_hred.decoding import DecodingConfig, DecodingError, Hypothesis, decode
+from rasa_hred.model import HRED
+from rasa_hred.vocab import Vocabulary, detokenize, tokenize
+
+DEFAULT_FALLBACK = "Sorry, I don't know what to say."
+DEFAULT_MAX_TURNS = 9  # training windows hold 10 turns: 9 of context and the reply
+DEFAULT_MAX_UTTERANCE_TOKENS = 50  # as in training
+DEFAULT_MAX_REPLY_CHARS = 500
+
+Overlong = Literal["cut", "skip"]
+
+
+@dataclass
+class Reply:
+    """A reply ready to show: ``text`` is detokenized, ``tokens`` are the model's words
+    (without ``</s>``). A fallback reply has ``fallback=True`` and NaN scores."""
+
+    text: str
+    tokens: list[str]
+    log_prob: float
+    token_log_probs: list[float]
+    score: float
+    fallback: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (non-finite numbers become None)."""
+
+        def number(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return {
+            "text": self.text,
+            "score": number(self.score),
+            "log_prob": number(self.log_prob),
+            "tokens": self.tokens,
+            "token_log_probs": [number(v) for v in self.token_log_probs],
+            "fallback": self.fallback,
+        }
+
+
+@dataclass
+class BatchStats:
+    """What the micro-batcher did (a server can report these)."""
+
+    batches: int = 0
+    requests: int = 0
+    largest_batch: int = 0
+    busy_seconds: float = 0.0
+    sizes: Counter[int] = field(default_factory=Counter)  # batch size -> batches
+    last_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))
+
+    def record(self, size: int, seconds: float) -> None:
+        self.batches += 1
+        self.requests += size
+        self.largest_batch = max(self.largest_batch, size)
+        self.busy_seconds += seconds
+        self.sizes[size] += 1
+        self.last_sizes.append(size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "largest_batch": self.largest_batch,
+            "mean_batch": self.requests / self.batches if self.batches else 0.0,
+            "busy_seconds": round(self.busy_seconds, 6),
+            "sizes": dict(sorted(self.sizes.items())),
+            "last_sizes": list(self.last_sizes),
+        }
+
+
+class ResponseGenerator:
+    """Generates replies from an HRED model and its vocabulary (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: HRED,
+        vocabulary: Vocabulary,
+        *,
+        decoding: DecodingConfig | None = None,
+        dtype: torch.dtype | str | None = None,
+        max_turns: int = DEFAULT_MAX_TURNS,
+        max_utterance_tokens: int = DEFAULT_MAX_UTTERANCE_TOKENS,
+        blocklist: Sequence[str] = (),
+        fallback_reply: str = DEFAULT_FALLBACK,
+        max_reply_chars: int | None = DEFAULT_MAX_REPLY_CHARS,
+        overlong: Overlong = "cut",
+        placeholders: Mapping[str, str] | None = None,
+        batching: bool = True,
+        batch_wait_ms: float = 5.0,
+        max_batch_size: int = 32,
+    ) -> None:
+        if len(vocabulary) != model.config.vocab_size:
+            raise ValueError(
+                f"the vocabulary has {len(vocabulary)} tokens, the model {model.config.vocab_size}"
+            )
+        if max_turns < 0 or max_utterance_tokens < 1:
+            raise ValueError("max_turns must be >= 0 and max_utterance_tokens >= 1")
+        if not fallback_reply.strip():
+            raise ValueError("fallback_reply must not be empty")
+        if overlong not in ("cut", "skip"):
+            raise ValueError(f"overlong must be 'cut' or 'skip', not {overlong!r}")
+        if max_batch_size < 1 or batch_wait_ms < 0:
+            raise ValueError("max_batch_size must be >= 1 and batch_wait_ms >= 0")
+        self.model = model.eval()
+        self.vocabulary = vocabulary
+        self.decoding = decoding or DecodingConfig()
+        self.dtype = _parse_dtype(dtype)
+        self.device = model.embedding.weight.device
+        self.max_turns = max_turns
+        self.max_utterance_tokens = max_utterance_tokens
+        self.blocklist = [b for b in (tuple(tokenize(w)) for w in blocklist) if b]
+        self.fallback_reply = fallback_reply.strip()
+        self.max_reply_chars = max_reply_chars
+        self.overlong = overlong
+        self.placeholders = dict(placeholders or {})
+        self.batching = batching
+        self.batch_wait_ms = batch_wait_ms
+        self.max_batch_size = max_batch_size
+        self.stats = BatchStats()
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._closed = False
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        device: str | torch.device = "auto",
+        *,
+        dtype: torch.dtype | str | None = None,
+        decoding: DecodingConfig | None = None,
+        max_turns: int | None = None,
+        max_utterance_tokens: int | None = None,
+        **options: Any,
+    ) -> ResponseGenerator:
+        """Load a model directory. Unset options come from its ``config.json``: decoding
+        defaults under ``decoding``, the context limits and bf16 from ``training``
+        (bf16 autocast is used on CUDA only). Errors are ``CheckpointError``s."""
+        loaded = load_model(model_dir, device=resolve_device(device))
+        training = loaded.extra.get("training") or {}
+        if decoding is None:
+            stored = loaded.extra.get("decoding")
+            if stored is not None:
+                if not isinstance(stored, Mapping):
+                    raise CheckpointError(f"{model_dir}: config.json 'decoding' is not a mapping")
+                try:
+                    decoding = DecodingConfig.from_dict(stored)
+                except (DecodingError, TypeError) as error:
+                    raise CheckpointError(f"{model_dir}: config.json 'decoding': {error}") from None
+        if dtype is None and loaded.model.embedding.weight.device.type == "cuda":
+            dtype = torch.bfloat16 if training.get("bf16", False) else None
+        if max_turns is None:
+            max_turns = max(1, int(training.get("max_turns", DEFAULT_MAX_TURNS + 1)) - 1)
+        if max_utterance_tokens is None:
+            max_utterance_tokens = int(
+                training.get("max_utterance_tokens", DEFAULT_MAX_UTTERANCE_TOKENS)
+            )
+        return cls(
+            loaded.model,
+            loaded.vocabulary,
+            decoding=decoding,
+            dtype=dtype,
+            max_turns=max_turns,
+            max_utterance_tokens=max_utterance_tokens,
+            **options,
+        )
+
+    # --- context ----------------------------------------------------------------------
+
+    def prepare_context(self, utterances: Sequence[str]) -> list[list[int]]:
+        """The model's context for a conversation so far (oldest utterance first).
+
+        Utterances that tokenize to nothing are dropped, then the last ``max_turns`` are
+        kept, each cut to its first ``max_utterance_tokens`` tokens (as in training) and
+        wrapped in ``<s> .. </s>``. An empty result is fine: the model then opens the
+        conversation."""
+        if isinstance(utterances, str):
+            raise TypeError("a context is a list of utterances, not a single string")
+        for utterance in utterances:
+            if not isinstance(utterance, str):
+                raise TypeError(f"utterances must be strings, got {type(utterance).__name__}")
+        kept: list[list[str]] = []  # newest first; only as many as needed are tokenized
+        for utterance in reversed(utterances):
+            if len(kept) == self.max_turns:
+                break
+            tokens = tokenize(utterance)
+            if tokens:
+                kept.append(tokens)
+        v = self.vocabulary
+        return [
+            [v.bos_id, *v.encode(tokens[: self.max_utterance_tokens]), v.eos_id]
+            for tokens in reversed(kept)
+        ]
+
+    # --- generation -------------------------------------------------------------------
+
+    def generate(self, contexts: Sequence[Sequence[str]], **decoding: Any) -> list[Reply]:
+        """One reply per context, all decoded in one batch. ``decoding`` overrides fields
+        of the generator's ``DecodingConfig`` for this call."""
+        return [replies[0] for replies in self.generate_n_best(contexts, 1, **decoding)]
+
+    def generate_n_best(
+        self, contexts: Sequence[Sequence[str]], n: int, **decoding: Any
+    ) -> list[list[Reply]]:
+        """Up to ``n`` clean replies per context, best first (at least one: the fallback)."""
+        if isinstance(contexts, str):
+            raise TypeError("contexts must be a list of contexts (lists of utterances)")
+        prepared = [self.prepare_context(context) for context in contexts]
+        return self._generate_ids(prepared, n, self._config(decoding))
+
+    def _config(self, overrides: Mapping[str, Any]) -> DecodingConfig:
+        return self.decoding.replace(**overrides) if overrides else self.decoding
+
+    def _generate_ids(
+        self, contexts: list[list[list[int]]], n: int, config: DecodingConfig
+    ) -> list[list[Reply]]:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, not {n}")
+        if not contexts:
+            return []
+        if config.method == "greedy":
+            search = config.replace(n_best=1)
+        else:  # spare candidates for the safety valves to fall back on
+            width = max(n, config.beam_size)
+            search = config.replace(beam_size=width, n_best=width)
+        with self._lock, self._autocast():
+            found = decode(self.model, contexts, search, vocabulary=self.vocabulary)
+        return [self._replies(hypotheses, n) for hypotheses in found]
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.dtype in (None, torch.float32):
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+            yield
+
+    def _replies(self, hypotheses: Sequence[Hypothesis], n: int) -> list[Reply]:
+        replies = []
+        for hypothesis in hypotheses:
+            reply = self._reply(hypothesis)
+            if reply is not None:
+                replies.append(reply)
+                if len(replies) == n:
+                    break
+        return replies or [self.fallback()]
+
+    def _reply(self, hypothesis: Hypothesis) -> Reply | None:
+        """The display form of a hypothesis, or None when a safety valve rejects it."""
+        tokens = self.vocabulary.decode(hypothesis.tokens)
+        if self.blocked(tokens):
+            return None
+        text = detokenize(tokens, placeholders=self.placeholders)
+        if self.max_reply_chars is not None and len(text) > self.max_reply_chars:
+            if self.overlong == "skip":
+                return None
+            text = _cut(text, self.max_reply_chars)
+        if not text.strip():
+            return None
+        return Reply(
+            text=text,
+            tokens=tokens,
+            log_prob=hypothesis.log_prob,
+            token_log_probs=list(hypothesis.token_log_probs),
+            score=hypothesis.score,
+        )
+
+    def blocked(self, tokens: Sequence[str]) -> bool:
+        """Whether the tokens contain a blocklisted word or phrase (whole tokens, any case)."""
+        for phrase in self.blocklist:
+            size = len(phrase)
+            for i in range(len(tokens) - size + 1):
+                if tuple(tokens[i : i + size]) == phrase:
+                    return True
+        return False
+
+    def fallback(self) -> Reply:
+        return Reply(
+            text=self.fallback_reply,
+            tokens=tokenize(self.fallback_reply),
+            log_prob=math.nan,
+            token_log_probs=[],
+            score=math.nan,
+            fallback=True,
+        )
+
+    # --- asyncio micro-batching -------------------------------------------------------
+
+    async def agenerate(self, context: Sequence[str]) -> Reply:
+        """The reply to one conversation, batched with concurrent calls on the same loop.
+
+        Requests wait at most ``batch_wait_ms`` (or until ``max_batch_size`` are queued)
+        and run as one ``generate`` batch in the generator's worker thread; a request's
+        reply is exactly what ``generate([context])`` gives. A bad context raises here;
+        if a batch fails, its requests are retried one by one so that an error reaches
+        only the caller whose request caused it. With ``batching=False`` each request
+        runs alone (in the same worker thread)."""
+        if self._closed:
+            raise RuntimeError("the ResponseGenerator is closed")
+        prepared = self.prepare_context(context)
+        loop = asyncio.get_running_loop()
+        if not self.batching:
+            started = time.perf_counter()
+            replies = await loop.run_in_executor(
+                self._worker(), self._generate_ids, [prepared], 1, self.decoding
+            )
+            self.stats.record(1, time.perf_counter() - started)
+            return replies[0][0]
+        queue = self._loops.get(loop)
+        if queue is None:
+            queue = self._loops[loop] = _LoopQueue()
+        future: asyncio.Future[Reply] = loop.create_future()
+        queue.pending.append((prepared, future, loop.time()))
+        if len(queue.pending) >= self.max_batch_size:
+            queue.wake.set()  # a full batch need not wait out batch_wait_ms
+        if queue.task is None or queue.task.done():
+            queue.task = loop.create_task(self._drain(queue))
+        return await future
+
+    async def _drain(self, queue: _LoopQueue) -> None:
+        """The per-loop batching task: runs until nothing is pending, then ends."""
+        loop = asyncio.get_running_loop()
+        wait = self.batch_wait_ms / 1000.0
+        while queue.pending:
+            deadline = queue.pending[0][2] + wait
+            while len(queue.pending) < self.max_batch_size:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                queue.wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(queue.wake.wait(), remaining)
+            batch = [
+                queue.pending.popleft() for _ in range(min(self.max_batch_size, len(queue.pending)))
+            ]
+            batch = [item for item in batch if not item[1].done()]  # cancelled callers
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(
+        self, batch: list[tuple[list[list[int]], asyncio.Future[Reply], float]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        contexts = [item[0] for item in batch]
+        started = time.perf_counter()
+        try:
+            replies = await loop.run_in_executor(
+                self._worker(), self._generate_ids, contexts, 1, self.decoding
+            )
+        except Exception as error:
+            self.stats.record(len(batch), time.perf_counter() - started)
+            if len(batch) == 1:
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(error)
+                return
+            for item in batch:  # find the culprit(s): every request alone
+                await self._run_batch([item])
+            return
+        self.stats.record(len(batch), time.perf_counter() - started)
+        for (_, future, _), reply in zip(batch, replies, strict=True):
+            if not future.done():
+                future.set_result(reply[0])
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._closed:
+            raise RuntimeError("the ResponseGenerator is closed")
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="rasa-hred-generate"
+                )
+            return self._executor
+
+    def close(self) -> None:
+        """Stop the worker thread (after the batch it is running); idempotent."""
+        self._closed = True
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+
+class _LoopQueue:
+    """Requests waiting on one event loop (the batcher works on every loop it is used on)."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[list[list[int]], asyncio.Future[Reply], float]] = deque()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary (hard cut when the
+    first word alone is longer)."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit + 1]
+    space = head.rfind(" ")
+    cut = head[:space] if space > 0 else text[:limit]
+    return cut.rstrip(" ,;:-")
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
+    return names[dtype]

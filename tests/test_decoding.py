@@ -1,0 +1,508 @@
+"""Beam search, greedy decoding, sampling and MMI reranking (rasa_hred.decoding).
+
+The models are tiny, random and seeded; their output layer is sharpened and their context
+path amplified so that replies differ between contexts, vary in length and love to repeat.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rasa_hred.decoding import (
+    DecodingConfig,
+    DecodingError,
+    Hypothesis,
+    block_repeated_ngrams,
+    decode,
+    lm_log_probs,
+    mmi_rerank,
+    sample_tokens,
+    warp_log_probs,
+)
+from rasa_hred.model import HRED, HREDConfig
+from rasa_hred.vocab import NUMBER, PERSON, PLACEHOLDERS, UNK, Vocabulary
+
+WORDS = (  # noqa: SIM905
+    "hello hi how are you fine thanks good bad what is your name my a the dog cat yes no "
+    "maybe ok sure where when why who go come see"
+).split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core box a second thread makes
+    every small op wait for a free core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocabulary:
+    return Vocabulary.build([WORDS])
+
+
+def make_model(
+    vocab: Vocabulary,
+    *,
+    seed: int = 0,
+    layers: int = 1,
+    sharpness: float = 10.0,
+    eos_bias: float = 2.0,
+    context_gain: float = 3.0,
+    bidirectional: bool = False,
+) -> HRED:
+    torch.manual_seed(seed)
+    config = HREDConfig(
+        vocab_size=len(vocab),
+        pad_id=vocab.pad_id,
+        bos_id=vocab.bos_id,
+        eos_id=vocab.eos_id,
+        embedding_size=16,
+        utterance_hidden=20,
+        context_hidden=18,
+        decoder_hidden=22,
+        decoder_layers=layers,
+        bidirectional=bidirectional,
+        tie_embeddings=False,
+    )
+    model = HRED(config)
+    c = config
+    with torch.no_grad():
+        model.output.weight.mul_(sharpness)
+        model.output.bias[vocab.eos_id] += eos_bias
+        model.embedding.weight.mul_(3)
+        model.utterance_encoder.weight_ih_l0.mul_(2)
+        model.context_encoder.weight_ih_l0.mul_(context_gain)
+        model.decoder_init.weight.mul_(context_gain)
+        model.decoder.weight_ih_l0[:, c.embedding_size :].mul_(context_gain)
+        hd, hc = c.decoder_hidden, c.context_hidden
+        model.output_hidden.weight[:, hd : hd + hc].mul_(context_gain)
+    return model.eval()
+
+
+def make_contexts(vocab: Vocabulary, count: int, seed: int = 0) -> list[list[list[int]]]:
+    rng = random.Random(seed)
+    words = range(7, len(vocab))
+    return [
+        [
+            [vocab.bos_id, *(rng.choice(words) for _ in range(rng.randint(1, 6))), vocab.eos_id]
+            for _ in range(rng.randint(1 if i % 7 else 0, 3))
+        ]
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def model(vocab: Vocabulary) -> HRED:
+    return make_model(vocab)
+
+
+@pytest.fixture(scope="module")
+def contexts(vocab: Vocabulary) -> list[list[list[int]]]:
+    return make_contexts(vocab, 12)
+
+
+def has_repeated_ngram(tokens: list[int], n: int) -> bool:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+# --- the slow reference: re-runs the whole prefix at every step ------------------------------
+
+
+def reference_beam_search(
+    model: HRED, context: list[list[int]], config: DecodingConfig, vocab: Vocabulary
+) -> list[Hypothesis]:
+    """Per-hypothesis Python beam search with the same rules as ``decode``, but every
+    step feeds the whole prefix through ``run_decoder`` (no carried state)."""
+    c = model.config
+    eos, bos = c.eos_id, c.bos_id
+    banned = set(config.banned_ids(vocab, c.bos_id, c.pad_id))
+    beams, keep = config.beam_size, config.num_candidates
+    max_length = config.force_length or config.max_length
+    min_length = config.force_length or config.min_length
+    lp = config.length_normaliser
+    n = config.no_repeat_ngram
+    vector = model.context_vectors([context])
+
+    def next_log_probs(prefix: list[int]) -> torch.Tensor:
+        inputs = torch.tensor([[bos, *prefix]])
+        states, _ = model.run_decoder(inputs, vector)
+        logits = model.output_logits(states[:, -1], vector, inputs[:, -1])
+        return F.log_softmax(logits.float(), dim=-1)[0].clone()
+
+    def blocked(prefix: list[int]) -> set[int]:
+        if n == 0 or len(prefix) < n:
+            return set()
+        last = prefix[len(prefix) - n + 1 :]
+        return {
+            prefix[i + n - 1] for i in range(len(prefix) - n + 1) if prefix[i : i + n - 1] == last
+        }
+
+    live = [([], [], torch.tensor(0.0))]  # tokens, token log-probs, total (float32)
+    finished: list[tuple[float, int, Hypothesis]] = []
+    for step in range(max_length):
+        candidates = []
+        for b, (tokens, _, total) in enumerate(live):
+            log_probs = next_log_probs(tokens)
+            for token in banned | blocked(tokens):
+                log_probs[token] = -math.inf
+            if step < min_length:
+                log_probs[eos] = -math.inf
+            totals = total + log_probs  # float32, as in the batched search
+            for token in range(c.vocab_size):
+                if totals[token] > -math.inf:
+                    candidates.append((totals[token], b, token, float(log_probs[token])))
+        candidates.sort(key=lambda x: -float(x[0]))
+        top = candidates[: 2 * beams]
+        if step >= min_length:
+            for total, b, token, token_lp in top[:beams]:
+                if token == eos:
+                    tokens, lps, _ = live[b]
+                    score = float(total) / lp(step + 1)
+                    hyp = Hypothesis([*tokens, eos], float(total), [*lps, token_lp], score)
+                    finished.append((score, len(finished), hyp))
+        nxt = [x for x in top if x[2] != eos][:beams]
+        live = [
+            (live[b][0] + [token], live[b][1] + [token_lp], total)
+            for total, b, token, token_lp in nxt
+        ]
+        if step + 1 == max_length:
+            for tokens, lps, total in live:
+                score = float(total) / lp(max_length)
+                finished.append(
+                    (score, len(finished), Hypothesis(tokens, float(total), lps, score))
+                )
+            break
+        best_live = max(float(total) for _, _, total in live)
+        scores = sorted((s for s, _, _ in finished), reverse=True)
+        bound = max(best_live / lp(step + 2), best_live / lp(max_length))
+        if len(finished) >= beams or (len(finished) >= keep and bound <= scores[keep - 1]):
+            break
+    finished.sort(key=lambda x: (-x[0], x[1]))
+    return [h for _, _, h in finished[: config.n_best]]
+
+
+def assert_same(got: list[Hypothesis], want: list[Hypothesis]) -> None:
+    assert [h.tokens for h in got] == [h.tokens for h in want]
+    for a, b in zip(got, want):
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+        assert a.log_prob == pytest.approx(b.log_prob, abs=1e-4)
+        assert a.token_log_probs == pytest.approx(b.token_log_probs, abs=1e-4)
+
+
+# --- beam search ---------------------------------------------------------------------------
+
+
+def test_beam_of_one_equals_greedy(model, vocab, contexts):
+    greedy = decode(model, contexts, DecodingConfig(method="greedy"), vocabulary=vocab)
+    beam = decode(model, contexts, DecodingConfig(beam_size=1), vocabulary=vocab)
+    assert len(greedy) == len(beam) == len(contexts)
+    for g, b in zip(greedy, beam):
+        assert len(g) == len(b) == 1
+        assert_same(b, g)
+    lengths = {len(g[0].tokens) for g in greedy}
+    assert len(lengths) > 1  # the model ends replies at different points
+
+
+@pytest.mark.parametrize(
+    ("layers", "settings"),
+    [
+        (1, {"beam_size": 3, "n_best": 2}),
+        (2, {"beam_size": 4, "n_best": 3, "length_penalty": "mean", "min_length": 3}),
+        (1, {"beam_size": 5, "n_best": 1, "length_penalty": 0.0, "no_repeat_ngram": 2}),
+        (1, {"beam_size": 4, "n_best": 2, "mmi_lambda": 0.0, "max_length": 8}),
+    ],
+)
+def test_carried_state_beam_search_equals_prefix_rerunning_reference(vocab, layers, settings):
+    model = make_model(vocab, layers=layers, seed=layers)
+    config = DecodingConfig(**settings)
+    contexts = make_contexts(vocab, 6, seed=layers)
+    got = decode(model, contexts, config, vocabulary=vocab)
+    with torch.inference_mode():
+        for context, hyps in zip(contexts, got):
+            assert_same(hyps, reference_beam_search(model, context, config, vocab))
+
+
+def test_batched_equals_one_at_a_time(model, vocab):
+    contexts = make_contexts(vocab, 16, seed=3)
+    config = DecodingConfig(beam_size=4, n_best=2)
+    batched = decode(model, contexts, config, vocabulary=vocab)
+    for context, hyps in zip(contexts, batched):
+        assert_same(hyps, decode(model, [context], config, vocabulary=vocab)[0])
+    assert len({tuple(h[0].tokens) for h in batched}) > 4  # contexts matter
+
+
+def test_chunked_decoding_equals_one_batch(model, vocab, monkeypatch):
+    import rasa_hred.decoding as decoding
+
+    contexts = make_contexts(vocab, 10, seed=4)
+    config = DecodingConfig(beam_size=3)
+    whole = decode(model, contexts, config, vocabulary=vocab)
+    monkeypatch.setattr(decoding, "MAX_ROWS", 7)  # two contexts per chunk
+    for a, b in zip(decode(model, contexts, config, vocabulary=vocab), whole):
+        assert_same(a, b)
+
+
+def test_hypotheses_are_sorted_and_scored(model, vocab, contexts):
+    config = DecodingConfig(beam_size=5, n_best=5)
+    for hyps in decode(model, contexts, config, vocabulary=vocab):
+        assert len(hyps) == 5
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        for h in hyps:
+            assert len(h.tokens) == len(h.token_log_probs)
+            assert h.log_prob == pytest.approx(sum(h.token_log_probs), abs=1e-4)
+            assert h.score == pytest.approx(h.log_prob / ((5 + len(h.tokens)) / 6), abs=1e-4)
+            assert vocab.eos_id not in h.tokens[:-1]
+
+
+def test_no_repeated_trigram_with_blocking(vocab):
+    model = make_model(vocab, seed=5, eos_bias=-2.0)  # long replies
+    contexts = make_contexts(vocab, 40, seed=5)
+    unblocked = decode(model, contexts, DecodingConfig(no_repeat_ngram=0), vocabulary=vocab)
+    assert sum(has_repeated_ngram(h[0].tokens, 3) for h in unblocked) > 10  # it loves to
+    for method in ("beam", "greedy", "sample"):
+        config = DecodingConfig(method=method, n_best=1, seed=1)
+        for hyps in decode(model, contexts, config, vocabulary=vocab):
+            for h in hyps:
+                assert not has_repeated_ngram(h.tokens, 3), h.tokens
+    bigrams = DecodingConfig(no_repeat_ngram=2, n_best=3)
+    for hyps in decode(model, contexts, bigrams, vocabulary=vocab):
+        for h in hyps:
+            assert not has_repeated_ngram(h.tokens, 2), h.tokens
+
+
+def test_block_repeated_ngrams_masks_exactly_the_completing_tokens():
+    history = torch.tensor([[5, 6, 7, 5, 6], [1, 2, 3, 4, 5], [9, 9, 9, 9, 9]])
+    log_probs = torch.zeros(3, 12)
+    block_repeated_ngrams(log_probs, history, 3)
+    assert torch.isinf(log_probs[0]).nonzero().flatten().tolist() == [7]  # "5 6 7" again
+    assert not torch.isinf(log_probs[1]).any()
+    assert torch.isinf(log_probs[2]).nonzero().flatten().tolist() == [9]
+    log_probs = torch.zeros(1, 12)
+    block_repeated_ngrams(log_probs, torch.tensor([[3, 4, 3]]), 1)
+    assert torch.isinf(log_probs[0]).nonzero().flatten().tolist() == [3, 4]
+
+
+def test_banned_tokens_never_appear(vocab):
+    model = make_model(vocab, seed=6)
+    favourites = [vocab.unk_id, vocab.id_of(PERSON), vocab.id_of(NUMBER), vocab.pad_id]
+    with torch.no_grad():
+        model.output.bias[favourites] += 6.0  # the model would love to say them
+    contexts = make_contexts(vocab, 10, seed=6)
+    allowed = decode(
+        model,
+        contexts,
+        DecodingConfig(allow_placeholders=True, banned_tokens=()),
+        vocabulary=vocab,
+    )
+    assert any(set(h[0].tokens) & set(favourites) for h in allowed)
+    banned_ids = {vocab.unk_id, vocab.pad_id, vocab.bos_id} | {vocab.id_of(p) for p in PLACEHOLDERS}
+    for method in ("beam", "greedy", "sample"):
+        config = DecodingConfig(method=method, seed=0, n_best=1)
+        for hyps in decode(model, contexts, config, vocabulary=vocab):
+            assert not set(hyps[0].tokens) & banned_ids
+    extra = DecodingConfig(banned_tokens=(UNK, "dog", "cat"))
+    assert set(extra.banned_ids(vocab, vocab.bos_id, vocab.pad_id)) == {
+        vocab.unk_id,
+        vocab.id_of("dog"),
+        vocab.id_of("cat"),
+        *(vocab.id_of(p) for p in PLACEHOLDERS),
+    }
+
+
+def test_min_and_max_length(vocab):
+    eager = make_model(vocab, seed=7, eos_bias=8.0)  # would stop at once
+    contexts = make_contexts(vocab, 8, seed=7)
+    short = decode(eager, contexts, DecodingConfig(n_best=3), vocabulary=vocab)
+    assert all(len(h.tokens) == 2 for hyps in short for h in hyps[:1])  # one word and </s>
+    for method in ("beam", "greedy", "sample"):
+        config = DecodingConfig(method=method, min_length=4, seed=0)
+        for hyps in decode(eager, contexts, config, vocabulary=vocab):
+            assert len(hyps[0].tokens) == 5 and hyps[0].tokens[-1] == vocab.eos_id
+    chatty = make_model(vocab, seed=7, eos_bias=-8.0)  # would never stop
+    for method in ("beam", "greedy", "sample"):
+        config = DecodingConfig(method=method, max_length=6, seed=0)
+        for hyps in decode(chatty, contexts, config, vocabulary=vocab):
+            assert len(hyps[0].tokens) == 6 and vocab.eos_id not in hyps[0].tokens
+
+
+def test_force_length_runs_exactly_that_many_steps(vocab):
+    eager = make_model(vocab, seed=8, eos_bias=8.0)
+    contexts = make_contexts(vocab, 6, seed=8)
+    for beam in (1, 4):
+        config = DecodingConfig(beam_size=beam, n_best=min(beam, 2), force_length=9, max_length=3)
+        for hyps in decode(eager, contexts, config, vocabulary=vocab):
+            for h in hyps:
+                assert len(h.tokens) == 9 and vocab.eos_id not in h.tokens
+                assert h.score == pytest.approx(h.log_prob / ((5 + 9) / 6))
+
+
+def test_decoding_runs_in_eval_mode_and_restores_training_mode(vocab, contexts):
+    model = make_model(vocab, seed=9)
+    want = decode(model, contexts, DecodingConfig(), vocabulary=vocab)
+    model.train()
+    got = decode(model, contexts, DecodingConfig(), vocabulary=vocab)
+    assert model.training
+    for a, b in zip(got, want):
+        assert_same(a, b)
+
+
+def test_model_without_fusable_step_falls_back_to_decode_step(vocab, contexts):
+    class Shifted(HRED):
+        def output_logits(self, decoder_state, context, previous):
+            return super().output_logits(decoder_state, context, previous) * 0.5
+
+    torch.manual_seed(0)
+    base = make_model(vocab, seed=10)
+    shifted = Shifted(base.config)
+    shifted.load_state_dict(base.state_dict())
+    shifted.eval()
+    config = DecodingConfig(beam_size=3, n_best=2)
+    got = decode(shifted, contexts[:4], config, vocabulary=vocab)
+    with torch.inference_mode():
+        for context, hyps in zip(contexts[:4], got):
+            assert_same(hyps, reference_beam_search(shifted, context, config, vocab))
+
+
+# --- sampling ------------------------------------------------------------------------------
+
+
+def test_sampling_is_seeded_and_reproducible(model, vocab, contexts):
+    config = DecodingConfig(method="sample", seed=42, n_best=3, temperature=1.3)
+    first = decode(model, contexts, config, vocabulary=vocab)
+    again = decode(model, contexts, config, vocabulary=vocab)
+    assert [[h.tokens for h in hs] for hs in first] == [[h.tokens for h in hs] for hs in again]
+    other = decode(model, contexts, config.replace(seed=7), vocabulary=vocab)
+    assert [[h.tokens for h in hs] for hs in first] != [[h.tokens for h in hs] for hs in other]
+    for hyps in first:
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+
+
+def test_top_k_only_draws_the_k_likeliest_tokens():
+    probs = torch.tensor([0.02, 0.30, 0.05, 0.25, 0.08, 0.20, 0.10])
+    log_probs = probs.log().expand(4000, -1).contiguous()
+    generator = torch.Generator().manual_seed(0)
+    drawn = sample_tokens(log_probs, top_k=3, generator=generator)
+    assert set(drawn.tolist()) == {1, 3, 5}
+    frequencies = torch.bincount(drawn, minlength=7).float() / len(drawn)
+    assert frequencies[1] == pytest.approx(0.30 / 0.75, abs=0.03)  # renormalised
+    everything = sample_tokens(log_probs, generator=generator)
+    assert set(everything.tolist()) == set(range(7))
+
+
+def test_top_p_and_temperature():
+    log_probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = torch.isfinite(warp_log_probs(log_probs, top_p=0.7))[0].tolist()
+    assert kept == [True, True, False, False]
+    kept = torch.isfinite(warp_log_probs(log_probs, top_p=0.81))[0].tolist()
+    assert kept == [True, True, True, False]
+    assert torch.isfinite(warp_log_probs(log_probs, top_p=0.01)).sum() == 1  # never empty
+    cold = warp_log_probs(log_probs, temperature=0.5).softmax(-1)[0]
+    assert cold[0] > 0.5 and torch.allclose(cold.sum(), torch.tensor(1.0))
+    generator = torch.Generator().manual_seed(1)
+    drawn = sample_tokens(log_probs.expand(2000, -1), top_p=0.7, generator=generator)
+    assert set(drawn.tolist()) == {0, 1}
+
+
+# --- MMI-antiLM ----------------------------------------------------------------------------
+
+
+def test_mmi_rerank_moves_the_less_generic_reply_up():
+    generic = Hypothesis([10, 3], -2.0, [-1.0, -1.0], -1.0)  # "i don't know."
+    specific = Hypothesis([11, 12, 3], -3.0, [-1.0, -1.0, -1.0], -1.5)
+    lm = [-1.0, -6.0]  # the generic reply is likely without any context
+    assert mmi_rerank([generic, specific], lm, 0.0) == [generic, specific]
+    reranked = mmi_rerank([generic, specific], lm, 0.5)
+    assert [h.tokens for h in reranked] == [specific.tokens, generic.tokens]
+    assert reranked[0].score == pytest.approx(-1.5 + 0.5 * 6.0)
+    assert reranked[1].score == pytest.approx(-1.0 + 0.5 * 1.0)
+    assert reranked[0].lm_log_prob == -6.0
+
+
+def test_mmi_end_to_end_subtracts_lambda_times_the_lm_log_prob(model, vocab, contexts):
+    plain = decode(model, contexts, DecodingConfig(beam_size=4, n_best=4), vocabulary=vocab)
+    mmi = decode(
+        model,
+        contexts,
+        DecodingConfig(beam_size=4, n_best=4, mmi_lambda=0.7, mmi_tokens=3),
+        vocabulary=vocab,
+    )
+    changed = False
+    zero = torch.zeros(1, model.config.context_hidden)
+    for base, reranked in zip(plain, mmi):
+        assert sorted(map(tuple, (h.tokens for h in base))) == sorted(
+            map(tuple, (h.tokens for h in reranked))
+        )
+        by_tokens = {tuple(h.tokens): h for h in base}
+        for h in reranked:
+            # the LM: the decoder with a zero context, re-run over the first 3 tokens
+            with torch.inference_mode():
+                inputs = torch.tensor([[vocab.bos_id, *h.tokens[:2]]])
+                states, _ = model.run_decoder(inputs, zero)
+                steps = zero.unsqueeze(1).expand(-1, inputs.size(1), -1)
+                lps = F.log_softmax(model.output_logits(states, steps, inputs), -1)[0]
+                want_lm = sum(float(lps[i, t]) for i, t in enumerate(h.tokens[:3]))
+            assert h.lm_log_prob == pytest.approx(want_lm, abs=1e-4)
+            assert h.score == pytest.approx(
+                by_tokens[tuple(h.tokens)].score - 0.7 * want_lm, abs=1e-4
+            )
+        assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+        changed |= [h.tokens for h in reranked] != [h.tokens for h in base]
+    assert changed  # the reranking did reorder some n-best lists
+
+
+def test_mmi_collects_beam_size_candidates_for_one_reply(model, vocab, contexts):
+    config = DecodingConfig(beam_size=4, n_best=1, mmi_lambda=0.5)
+    assert config.num_candidates == 4
+    for hyps in decode(model, contexts, config, vocabulary=vocab):
+        assert len(hyps) == 1 and hyps[0].lm_log_prob is not None
+
+
+def test_lm_log_probs_of_empty_and_short_sequences(model):
+    values = lm_log_probs(model, [[], [8], [8, 9, 10, 11, 12, 13]], 3)
+    assert values[0] == 0.0 and values[1] < 0 and values[2] < values[1]
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_config_validation_and_round_trip():
+    config = DecodingConfig(method="sample", top_k=5, seed=3, length_penalty="mean")
+    assert DecodingConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(DecodingError, match="method"):
+        DecodingConfig(method="viterbi")
+    with pytest.raises(ValueError, match="n_best"):
+        DecodingConfig(beam_size=2, n_best=3)
+    with pytest.raises(DecodingError, match="unknown decoding option"):
+        DecodingConfig.from_dict({"beams": 3})
+    with pytest.raises(DecodingError, match="length_penalty"):
+        DecodingConfig(length_penalty="long")
+    with pytest.raises(DecodingError, match="top_p"):
+        DecodingConfig().replace(top_p=0.0)
+
+
+def test_empty_input_and_empty_context(model, vocab):
+    assert decode(model, [], DecodingConfig(), vocabulary=vocab) == []
+    (hyps,) = decode(model, [[]], DecodingConfig(), vocabulary=vocab)
+    assert hyps and hyps[0].tokens
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(vocab, contexts):
+    model = make_model(vocab, seed=11)
+    config = DecodingConfig(beam_size=4, n_best=2)
+    cpu = decode(model, contexts, config, vocabulary=vocab)
+    gpu = decode(model.to("cuda"), contexts, config, vocabulary=vocab)
+    for a, b in zip(gpu, cpu):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-3)
