@@ -131,6 +131,14 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    evaluate.add_argument(
+        "--replies",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also generate replies for up to N contexts of the split and report distinct-1, "
+        "distinct-2 and the share of unique replies",
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_lazy("rasa_hred.evaluation", "eval_command"))
 
@@ -196,7 +204,91 @@ def _add_generation_commands(commands: argparse._SubParsersAction) -> None:
 
 
 # --- serving -----------------------------------------------------------------------------
-# (serve parser: rasa_hred.nlg_server)
+
+
+def _add_serving_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve HRED replies (and every other domain response) to Rasa over HTTP",
+        description=(
+            "An NLG server for Rasa (endpoints.yml: nlg: url: http://HOST:PORT/nlg). It "
+            "answers the HRED responses (--responses) with the model's reply to the "
+            "conversation in the tracker, batching concurrent conversations, and renders "
+            "every other response from the domain as Rasa's templated NLG does. --model is a "
+            "model directory (then --domain is required) or a Rasa model archive (its "
+            "HREDPolicy's model, domain, max_history, decoding and response are used). Pair "
+            "it with `generate: nlg_server` in the policy's config. GET /health and "
+            "/metrics (Prometheus) too. SIGTERM lets in-flight requests finish."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_decoding_options(serve)
+    serve.add_argument(
+        "--domain", help="domain file or directory (default: the archive's domain)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve.add_argument("--port", type=int, default=5056)
+    serve.add_argument(
+        "--token",
+        help="require ?token=T or 'Authorization: Bearer T' on /nlg and /metrics "
+        "(default: $RASA_HRED_NLG_TOKEN, else none)",
+    )
+    serve.add_argument(
+        "--responses",
+        nargs="+",
+        metavar="NAME",
+        help="responses the HRED generates (default: the policy's response, utter_hred)",
+    )
+    serve.add_argument(
+        "--max-history",
+        type=int,
+        help="conversation turns the HRED sees (default: the policy's max_history, else 10)",
+    )
+    serve.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode concurrent requests as one batch",
+    )
+    serve.add_argument("--max-batch-size", type=int, default=32, help="contexts per batch")
+    serve.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill"
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=1_000_000, help="larger requests get 413"
+    )
+    serve.add_argument(
+        "--max-events", type=int, default=10_000, help="only the last N tracker events are read"
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may take to finish after SIGTERM",
+    )
+    serve.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--decoding",
+        metavar="JSON",
+        help='more decoding options as a JSON object, e.g. \'{"force_length": 20}\'',
+    )
+    serve.set_defaults(handler=_lazy("rasa_hred.nlg_server", "serve_command"))
+
+    config = commands.add_parser(
+        "nlg-config",
+        help="write a Rasa config whose HREDPolicy generates through `rasa-hred serve`",
+        description=(
+            "Copy the HRED of a trained Rasa model archive to OUT/hred and write "
+            "OUT/config.yml: CONFIG with `generate: nlg_server` and `model: OUT/hred` on "
+            "its HREDPolicy. `rasa train --config OUT/config.yml` then gives an assistant "
+            "with the same HRED that leaves generation to the NLG server (make run-nlg)."
+        ),
+    )
+    config.add_argument("--archive", required=True, help="a model archive from `rasa train`")
+    config.add_argument("--config", default="config.yml", help="the Rasa config to adapt")
+    config.add_argument("--out", required=True, help="output directory")
+    config.set_defaults(handler=_lazy("rasa_hred.nlg_server", "nlg_config_command"))
 
 
 # --- benchmarks --------------------------------------------------------------------------
@@ -211,6 +303,7 @@ def _add_bench_commands(commands: argparse._SubParsersAction) -> None:
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     _add_bench_train(sub)
     _add_bench_generate(sub)
+    _add_bench_serve(sub)
 
 
 def _add_bench_train(sub: argparse._SubParsersAction) -> None:
@@ -262,6 +355,38 @@ def _add_bench_generate(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(handler=_lazy("rasa_hred.bench_generate", "bench_command"))
 
 
+def _add_bench_serve(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "serve",
+        help="NLG server throughput and latency under concurrent clients, batching on/off",
+        description=(
+            "Start `rasa-hred serve` (a subprocess) with an untrained HRED at the seed's "
+            "configuration (vocabulary 10,004, embeddings and hidden 300, beam 5, every reply "
+            "20 tokens), with batching on and off, and drive it from this process with N "
+            "concurrent clients for --seconds each. Prints per run: clients, batching, rps, "
+            "p50/p95/p99 latency (ms), errors and the server's peak RSS (MB)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--seconds", type=float, default=20.0, help="timed seconds per run")
+    bench.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 8, 32, 128], help="concurrent clients"
+    )
+    bench.add_argument(
+        "--batching",
+        choices=["both", "on", "off"],
+        default="both",
+        help="server batching modes to measure",
+    )
+    bench.add_argument("--beam-size", type=int, default=5)
+    bench.add_argument("--max-batch-size", type=int, default=32)
+    bench.add_argument("--batch-wait-ms", type=float, default=5.0)
+    bench.add_argument("--threads", type=int, help="the server's PyTorch CPU threads")
+    bench.add_argument("--json", action="store_true", help="print a JSON list")
+    bench.set_defaults(handler=_lazy("rasa_hred.bench_serve", "bench_serve_command"))
+
+
 # --- the parser ---------------------------------------------------------------------------
 
 
@@ -278,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_commands(commands)
     _add_training_commands(commands)
     _add_generation_commands(commands)
+    _add_serving_commands(commands)
     _add_bench_commands(commands)
     return parser
 

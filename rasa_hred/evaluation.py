@@ -7,6 +7,7 @@ context: a model that uses its context does clearly worse there than with its ow
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -61,16 +62,47 @@ def evaluate(
         raise UserError("nothing to evaluate: the split has no dialogues")
     full = score(model, dialogues, "all", batch_size)
     last = score(model, dialogues, "last", batch_size)
-    shuffled = score(model, shuffle_contexts(dialogues, seed), "last", batch_size)
+    # The control needs a second dialogue to borrow a context from.
+    shuffled = (
+        score(model, shuffle_contexts(dialogues, seed), "last", batch_size)
+        if len(dialogues) > 1
+        else None
+    )
     return {
         "perplexity": perplexity(full),
         "perplexity_last": perplexity(last),
-        "perplexity_last_shuffled_context": perplexity(shuffled),
+        "perplexity_last_shuffled_context": perplexity(shuffled) if shuffled else None,
         "error_rate": 1.0 - full["correct"] / max(1, full["tokens"]),
         "tokens": int(full["tokens"]),
         "tokens_last": int(last["tokens"]),
         "dialogues": len(dialogues),
     }
+
+
+def diversity(replies: Sequence[Sequence[str]]) -> dict[str, float]:
+    """distinct-1/2 (Li et al. 2016: distinct n-grams / all n-grams) and the unique-reply share."""
+    unigrams = [token for reply in replies for token in reply]
+    bigrams = [pair for reply in replies for pair in itertools.pairwise(reply)]
+    texts = [" ".join(reply) for reply in replies]
+    return {
+        "replies": len(replies),
+        "distinct_1": len(set(unigrams)) / max(1, len(unigrams)),
+        "distinct_2": len(set(bigrams)) / max(1, len(bigrams)),
+        "unique_reply_share": len(set(texts)) / max(1, len(texts)),
+        "mean_reply_tokens": len(unigrams) / max(1, len(replies)),
+    }
+
+
+def generated_diversity(model_dir: str, dialogues: Sequence[Sequence[str]], count: int) -> dict:
+    """Generate a reply for the context of up to ``count`` dialogues and measure diversity."""
+    from rasa_hred.generator import ResponseGenerator
+
+    generator = ResponseGenerator.load(model_dir, device="auto")
+    contexts = [list(d[:-1]) for d in dialogues[:count]]
+    replies = []
+    for start in range(0, len(contexts), 64):
+        replies.extend(r.tokens for r in generator.generate(contexts[start : start + 64]))
+    return diversity(replies)
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -88,6 +120,8 @@ def eval_command(args: argparse.Namespace) -> int:
     )
     result = {"model": str(args.model), "split": args.split}
     result |= evaluate(loaded.model, dialogues, args.batch_size, seed)
+    if args.replies:
+        result |= generated_diversity(args.model, corpus.split(args.split), args.replies)
     if args.json:
         print(json.dumps(result))
     else:

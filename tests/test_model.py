@@ -184,3 +184,13 @@ def test_small_model_memorises_a_tiny_corpus(tmp_path):
     result = evaluate(trainer.model, encode_dialogues(dialogues, vocab))
     assert result["perplexity"] < 1.1
     assert result["error_rate"] == 0.0
+
+
+def test_diversity_counts_distinct_ngrams_and_unique_replies():
+    from rasa_hred.evaluation import diversity
+
+    figures = diversity([["i", "am", "fine"], ["i", "am", "fine"], ["no"]])
+    assert figures["replies"] == 3
+    assert figures["distinct_1"] == pytest.approx(4 / 7)
+    assert figures["distinct_2"] == pytest.approx(2 / 4)
+    assert figures["unique_reply_share"] == pytest.approx(2 / 3)

@@ -163,6 +163,8 @@ def test_cli_train_then_eval(tmp_path, corpus_file):
             corpus_file,
             "--split",
             "test",
+            "--replies",
+            "5",
             "--json",
             "--device",
             "cpu",
@@ -179,6 +181,8 @@ def test_cli_train_then_eval(tmp_path, corpus_file):
         "error_rate",
         "tokens",
         "perplexity_last_shuffled_context",
+        "distinct_1",
+        "unique_reply_share",
     ):
         assert key in result
     assert 1.0 < result["perplexity"] < len(Vocabulary.load(out / "vocab.json"))
