@@ -25,6 +25,8 @@ help:
 	@echo "make test   - lint and run the test suite"
 	@echo "make shell  - chat with the trained assistant in the terminal (rasa shell)"
 	@echo "make train  - (re)train the demo assistant, HRED included, into $(MODEL)"
+	@echo "make serve  - the HRED NLG server for the demo model on 127.0.0.1:$(NLG_PORT)"
+	@echo "make run-nlg - the demo assistant with generation in the NLG server (both processes)"
 	@echo "make venv   - create/update the virtualenv in $(VENV)"
 
 venv: $(STAMP)
@@ -60,3 +62,39 @@ shell: $(MODEL)
 
 clean:
 	rm -rf $(VENV) .pytest_cache models/ .rasa
+
+# --- NLG server ----------------------------------------------------------------------------
+# `make serve`: the NLG server for the demo archive on 127.0.0.1:$(NLG_PORT) (HRED, domain and
+# the policy's max_history/decoding come from the archive).
+# `make run-nlg`: the demo assistant with generation moved to the NLG server. It derives a
+# model whose HREDPolicy has `generate: nlg_server` and the demo archive's HRED (no HRED
+# retraining; `rasa-hred nlg-config`), starts `rasa-hred serve` with it in the background
+# and `rasa run --endpoints endpoints-nlg.yml` in the foreground; Ctrl-C stops both.
+NLG_DIR := models/nlg
+NLG_CONFIG := $(NLG_DIR)/config.yml
+NLG_MODEL := models/demo-nlg.tar.gz
+
+.PHONY: serve run-nlg
+
+serve: $(MODEL)
+	$(BIN)/rasa-hred serve --model $(MODEL) --host $(HOST) --port $(NLG_PORT)
+
+$(NLG_CONFIG): $(MODEL) config.yml
+	$(BIN)/rasa-hred nlg-config --archive $(MODEL) --config config.yml --out $(NLG_DIR)
+
+$(NLG_MODEL): $(NLG_CONFIG) $(TRAINING_DATA)
+	$(BIN)/rasa train --config $(NLG_CONFIG) --fixed-model-name demo-nlg --out models
+
+run-nlg: $(NLG_MODEL)
+	@grep -q 'localhost:$(NLG_PORT)/nlg' endpoints-nlg.yml || { \
+		echo "error: endpoints-nlg.yml does not name port $(NLG_PORT); edit its nlg url" >&2; exit 1; }
+	@$(BIN)/rasa-hred serve --model $(NLG_MODEL) --host 127.0.0.1 --port $(NLG_PORT) & server=$$!; \
+	trap 'kill $$server 2>/dev/null; wait $$server' EXIT; \
+	for i in $$(seq 1 180); do \
+		$(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+			http://127.0.0.1:$(NLG_PORT)/health 2>/dev/null && break; \
+		kill -0 $$server 2>/dev/null || { echo "error: rasa-hred serve exited" >&2; exit 1; }; \
+		sleep 1; \
+	done; \
+	$(BIN)/rasa run -m $(NLG_MODEL) -i $(HOST) -p $(PORT) --enable-api --cors "*" \
+		--credentials credentials.yml --endpoints endpoints-nlg.yml

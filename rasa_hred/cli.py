@@ -223,9 +223,11 @@ def _add_serving_commands(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_decoding_options(serve)
-    serve.add_argument(
-        "--domain", help="domain file or directory (default: the archive's domain)"
-    )
+    for action in serve._actions:
+        if action.dest == "model":
+            action.metavar = "DIR|ARCHIVE"
+            action.help = "model directory, or a Rasa model archive with an HREDPolicy"
+    serve.add_argument("--domain", help="domain file or directory (default: the archive's domain)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind")
     serve.add_argument("--port", type=int, default=5056)
     serve.add_argument(
@@ -271,7 +273,7 @@ def _add_serving_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--decoding",
         metavar="JSON",
-        help='more decoding options as a JSON object, e.g. \'{"force_length": 20}\'',
+        help="more decoding options as a JSON object, e.g. '{\"force_length\": 20}'",
     )
     serve.set_defaults(handler=_lazy("rasa_hred.nlg_server", "serve_command"))
 
@@ -303,6 +305,7 @@ def _add_bench_commands(commands: argparse._SubParsersAction) -> None:
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     _add_bench_train(sub)
     _add_bench_generate(sub)
+    _add_bench_rasa(sub)
     _add_bench_serve(sub)
 
 
@@ -385,6 +388,30 @@ def _add_bench_serve(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, help="the server's PyTorch CPU threads")
     bench.add_argument("--json", action="store_true", help="print a JSON list")
     bench.set_defaults(handler=_lazy("rasa_hred.bench_serve", "bench_serve_command"))
+
+
+def _add_bench_rasa(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "rasa",
+        help="REST round trip through `rasa run`: an HRED turn vs a rule turn",
+        description=(
+            "Start `rasa run` (REST channel, --enable-api) with the model on a free port of "
+            "127.0.0.1, then time REST messages one after another, interleaved: chit-chat "
+            "lines the HRED answers (utter_hred) and 'hello' answered by a rule "
+            "(utter_greet), each from a fresh sender. Trackers confirm which policy "
+            "answered each sample; hred_added_ms_p50 is the difference of the medians. "
+            "The server is stopped afterwards."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bench.add_argument("--model", required=True, help="a Rasa model archive (.tar.gz)")
+    bench.add_argument("--messages", type=int, default=50, help="timed messages of each kind")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed messages of each kind")
+    bench.add_argument(
+        "--startup-timeout", type=float, default=300.0, help="seconds to wait for rasa run"
+    )
+    bench.add_argument("--json", action="store_true", help="print a JSON object")
+    bench.set_defaults(handler=_lazy("rasa_hred.bench_rasa", "bench_rasa_command"))
 
 
 # --- the parser ---------------------------------------------------------------------------
