@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from typing import Any
@@ -139,6 +140,7 @@ def bench_train_command(args: argparse.Namespace) -> int:
         "padding_fraction": last["padding_fraction"],
         "tokens_per_s_cpu_bf16": cpu_bf16["tokens_per_s"] if cpu_bf16 else None,
         "anchor_tokens_per_s": 5840 if batch_size == 50 else None,
+        "load_avg_1m": os.getloadavg()[0],  # other work on the machine skews CPU figures
     }
     if result["anchor_tokens_per_s"]:
         result["speedup_vs_anchor"] = result["tokens_per_s"] / result["anchor_tokens_per_s"]
