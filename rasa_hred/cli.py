@@ -400,7 +400,9 @@ def _add_bench_rasa(sub: argparse._SubParsersAction) -> None:
             "lines the HRED answers (utter_hred) and 'hello' answered by a rule "
             "(utter_greet), each from a fresh sender. Trackers confirm which policy "
             "answered each sample; hred_added_ms_p50 is the difference of the medians. "
-            "The server is stopped afterwards."
+            "The server is stopped afterwards. An HREDPolicy with fallback_threshold set "
+            "generates on every user turn, rule turns too, so in_process_generate also times "
+            "the model's own generator (server stopped): the HRED's cost per turn."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
