@@ -94,6 +94,12 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--loss-on", choices=["all", "last"], help="utterances in the loss [all]")
     train.add_argument("--vocab-size", type=int, help="words kept (besides specials) [10000]")
     train.add_argument(
+        "--chain-dialogues",
+        type=float,
+        help="add this many (x corpus size) sessions of 2-4 chained random dialogues, for "
+        "corpora of single exchanges [0]",
+    )
+    train.add_argument(
         "--scheduled-sampling",
         type=float,
         help="final probability of feeding the model's own prediction [0 = teacher forcing]",
