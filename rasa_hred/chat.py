@@ -57,7 +57,9 @@ def decoding_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_generator(args: argparse.Namespace) -> ResponseGenerator:
-    generator = ResponseGenerator.load(args.model, device=args.device)
+    generator = ResponseGenerator.load(
+        args.model, device=args.device, max_turns=getattr(args, "max_turns", None)
+    )
     overrides = decoding_overrides(args)
     if overrides:
         generator.decoding = generator.decoding.replace(**overrides)

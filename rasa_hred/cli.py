@@ -94,12 +94,6 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--loss-on", choices=["all", "last"], help="utterances in the loss [all]")
     train.add_argument("--vocab-size", type=int, help="words kept (besides specials) [10000]")
     train.add_argument(
-        "--chain-dialogues",
-        type=float,
-        help="add this many (x corpus size) sessions of 2-4 chained random dialogues, for "
-        "corpora of single exchanges [0]",
-    )
-    train.add_argument(
         "--scheduled-sampling",
         type=float,
         help="final probability of feeding the model's own prediction [0 = teacher forcing]",
@@ -192,6 +186,13 @@ def _add_generation_commands(commands: argparse._SubParsersAction) -> None:
         ),
     )
     _add_decoding_options(respond)
+    respond.add_argument(
+        "--max-turns",
+        type=int,
+        metavar="N",
+        help="conversation turns the model sees (default: as in training); 1 suits models "
+        "trained on single exchanges such as the chatterbot corpus",
+    )
     respond.add_argument("--n-best", type=int, default=1, metavar="K", help="replies to print")
     respond.add_argument("--json", action="store_true", help="print JSON")
     respond.add_argument("utterances", nargs="*", metavar="UTTERANCE")
@@ -206,6 +207,13 @@ def _add_generation_commands(commands: argparse._SubParsersAction) -> None:
         ),
     )
     _add_decoding_options(chat)
+    chat.add_argument(
+        "--max-turns",
+        type=int,
+        metavar="N",
+        help="conversation turns the model sees (default: as in training); 1 suits models "
+        "trained on single exchanges such as the chatterbot corpus",
+    )
     chat.set_defaults(handler=_lazy("rasa_hred.chat", "chat_command"))
 
 

@@ -66,10 +66,6 @@ class TrainingConfig:
     min_freq: int = 1
     max_utterance_tokens: int = 50
     max_turns: int = 10
-    # Extra training sessions made by chaining random dialogues (as a fraction of the
-    # corpus): corpora of single exchanges otherwise never show the context encoder a long
-    # history, and the model drifts once a conversation grows.
-    chain_dialogues: float = 0.0
     split_seed: int = 0
     # optimisation
     epochs: int = 30
@@ -209,7 +205,6 @@ class Trainer:
             )
         self.vocabulary = vocabulary
         encode = {"max_utterance_tokens": c.max_utterance_tokens, "max_turns": c.max_turns}
-        train = [*train, *chained_sessions(train, c.chain_dialogues, c.max_turns, c.seed)]
         self.train_ids = encode_dialogues(train, vocabulary, **encode)
         self.valid_ids = encode_dialogues(validation, vocabulary, **encode)
         if not self.train_ids:
@@ -405,24 +400,6 @@ class Trainer:
     def _log(self, message: str) -> None:
         if self.rank.main:
             print(message, file=sys.stderr, flush=True)
-
-
-def chained_sessions(
-    dialogues: Sequence[Sequence[str]], fraction: float, max_turns: int, seed: int
-) -> list[list[str]]:
-    """``fraction * len(dialogues)`` sessions of 2-4 random dialogues, one after another.
-
-    The model then learns that an earlier exchange may have nothing to do with the current
-    one, which is what a chat with topic changes looks like.
-    """
-    rng, pool = random.Random(seed), list(dialogues)
-    sessions = []
-    for _ in range(int(fraction * len(pool)) if len(pool) > 1 else 0):
-        session: list[str] = []
-        for dialogue in rng.sample(pool, k=min(rng.randint(2, 4), len(pool))):
-            session.extend(dialogue)
-        sessions.append(session[-max_turns:])
-    return sessions
 
 
 def autocast(

@@ -109,6 +109,29 @@ def test_respond_json_n_best(model_dir):
     assert all(r["text"] and r["tokens"] for r in replies)
 
 
+def test_respond_max_turns_keeps_only_the_last_turns(model_dir):
+    def reply(*extra: str, context: tuple[str, ...]) -> list:
+        result = run(
+            "respond",
+            "--model",
+            str(model_dir),
+            "--device",
+            "cpu",
+            "--json",
+            "--n-best",
+            "2",
+            *extra,
+            "--",
+            *context,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    last_only = reply("--max-turns", "1", context=("hello", "hi, how are you?"))
+    assert last_only == reply(context=("hi, how are you?",))
+    assert last_only != reply(context=("hello", "hi, how are you?"))
+
+
 def test_errors_are_one_line(tmp_path, model_dir):
     result = run("respond", "--model", str(tmp_path / "missing"), "--", "hi")
     assert result.returncode == 2

@@ -314,18 +314,3 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, corpus_
     assert changed, "training under torchrun did not change the weights"
     records = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 2  # rank 0 alone wrote the metrics
-
-
-def test_chained_sessions_join_whole_dialogues_deterministically():
-    from rasa_hred.training import chained_sessions
-
-    dialogues = [[f"q{i}", f"a{i}"] for i in range(10)]
-    sessions = chained_sessions(dialogues, 0.5, max_turns=10, seed=1)
-    assert len(sessions) == 5
-    assert sessions == chained_sessions(dialogues, 0.5, max_turns=10, seed=1)
-    for session in sessions:
-        assert 4 <= len(session) <= 8
-        for question, answer in zip(session[::2], session[1::2]):
-            assert question[1:] == answer[1:]  # every exchange stays whole and in order
-    assert all(len(s) <= 3 for s in chained_sessions(dialogues, 1.0, max_turns=3, seed=0))
-    assert chained_sessions(dialogues[:1], 1.0, max_turns=10, seed=0) == []
