@@ -169,10 +169,11 @@ class HRED(nn.Module):
 
     def encode_utterances(self, utterances: Tensor, lengths: Tensor) -> Tensor:
         """[N, L] token ids -> [N, utterance_size]: the last layer's final state(s)."""
-        embedded = self.dropout(self.embedding(utterances))
-        packed = pack_padded_sequence(
-            embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
+        # Pack the ids first: padding is then never embedded, dropped out or run.
+        ids = pack_padded_sequence(
+            utterances, lengths.cpu(), batch_first=True, enforce_sorted=False
         )
+        packed = ids._replace(data=self.dropout(self.embedding(ids.data)))
         _, hidden = self.utterance_encoder(packed)  # [layers * directions, N, H]
         if self.config.bidirectional:
             return torch.cat([hidden[-2], hidden[-1]], dim=-1)
