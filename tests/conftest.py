@@ -44,6 +44,16 @@ def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core box a second thread makes
+    every small op wait for a free core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
