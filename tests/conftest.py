@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,32 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory, tiny_hred: Path) -> Pat
         tmp_path_factory.mktemp("demo"), {"model": str(tiny_hred), "max_history": 6}
     )
     return rasa_train(project)
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port in this event loop; yields its base URL."""
+    from sanic import Sanic
+
+    Sanic.test_mode = True  # several apps per process (Sanic's touch-up stays repeatable)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+    await server.startup()
+    await server.before_start()
+    await server.after_start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await server.before_stop()
+        for connection in list(server.connections):
+            connection.close_if_idle()
+        server.close()
+        await server.wait_closed()
+        await server.after_stop()
+        sock.close()
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import textwrap
 import time
 import uuid
@@ -25,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from alexa_pki import CERT_URL, SKILL_ID, USER_ID, alexa_request, make_pki, sign, write_chain_cache
+from conftest import running
 
 from alexa_connector.channel import (
     BUTTONS_ATTRIBUTE,
@@ -288,33 +288,13 @@ async def serve(connector: AlexaConnector, agent: Any, pki: Any):
     from rasa.core.channels.channel import register
     from sanic import Sanic
 
-    # Several apps in one process: test mode keeps Sanic's start-up code rewriting
-    # ("touch-up") repeatable, as sanic-testing does.
-    Sanic.test_mode = True
     app = Sanic(f"alexa_test_{uuid.uuid4().hex[:12]}", configure_logging=False)
     app.ctx.agent = agent
     register([connector], app, route="/webhooks/")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    # Sanic 21.12: create_server() already listens; startup() finalises the routes.
-    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
-    await server.startup()
-    await server.before_start()
-    await server.after_start()
-    try:
+    async with running(app) as base:
         timeout = aiohttp.ClientTimeout(total=20)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            yield AlexaClient(session, f"http://127.0.0.1:{port}", pki)
-    finally:
-        await server.before_stop()
-        for connection in list(server.connections):
-            connection.close_if_idle()
-        server.close()
-        await server.wait_closed()
-        await server.after_stop()
-        sock.close()
+            yield AlexaClient(session, base, pki)
 
 
 @pytest.fixture

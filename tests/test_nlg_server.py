@@ -14,7 +14,6 @@ import io
 import json
 import random
 import signal
-import socket
 import subprocess
 import tarfile
 import threading
@@ -29,7 +28,7 @@ import aiohttp
 import pytest
 import torch
 import yaml
-from conftest import BIN, RASA_ENV, REPO, free_port
+from conftest import BIN, RASA_ENV, REPO, free_port, running
 from prometheus_client.parser import text_string_to_metric_families
 from rasa.core.actions.action import ActionBotResponse
 from rasa.core.channels.channel import CollectingOutputChannel
@@ -76,30 +75,6 @@ def generator(tiny_hred):
     )
     yield gen
     gen.close()
-
-
-@contextlib.asynccontextmanager
-async def running(app: Sanic) -> AsyncIterator[str]:
-    """Serve ``app`` on a free loopback port in this event loop; yields its base URL."""
-    Sanic.test_mode = True  # several apps per process (Sanic's touch-up stays repeatable)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
-    await server.startup()
-    await server.before_start()
-    await server.after_start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await server.before_stop()
-        for connection in list(server.connections):
-            connection.close_if_idle()
-        server.close()
-        await server.wait_closed()
-        await server.after_stop()
-        sock.close()
 
 
 @contextlib.asynccontextmanager
