@@ -9,7 +9,11 @@ utterance the policy predicts ``action_listen``.
 
 In ``generate: nlg_server`` mode the policy only predicts ``utter_hred``; the NLG server
 (``rasa-hred serve``, named in ``endpoints.yml``) generates the text from the tracker, so
-generation runs once, batched, and off Rasa's event loop.
+generation runs once, batched, and off Rasa's event loop. ``generate: in_nlg`` does the same
+inside the Rasa process: the policy loads the model and only predicts, and
+``rasa_hred.rasa_nlg.HREDTemplatedNLG`` (named in ``endpoints.yml``) generates when
+``utter_hred`` is actually said. In both modes a turn that another policy wins costs no
+generation, which ``in_process`` cannot avoid (a policy cannot know whether it will win).
 """
 
 from __future__ import annotations
@@ -41,7 +45,11 @@ from rasa_hred.errors import UserError
 logger = logging.getLogger(__name__)
 
 NLU_FALLBACK = "nlu_fallback"
-GENERATE_MODES = ("in_process", "nlg_server")
+GENERATE_MODES = ("in_process", "in_nlg", "nlg_server")
+
+# Generators loaded by `generate: in_nlg` policies, by response name, for HREDTemplatedNLG:
+# Rasa builds the NLG from endpoints.yml and gives it no access to the model's storage.
+NLG_GENERATORS: dict[str, tuple[Any, int | None]] = {}
 
 
 class HREDPolicyError(RasaException):
@@ -175,7 +183,7 @@ class HREDPolicy(Policy):
         **kwargs: Any,
     ) -> HREDPolicy:
         generator = None
-        if config.get("generate", "in_process") == "in_process":
+        if config.get("generate", "in_process") in ("in_process", "in_nlg"):
             from rasa_hred.decoding import DecodingConfig
             from rasa_hred.generator import ResponseGenerator
 
@@ -188,10 +196,13 @@ class HREDPolicy(Policy):
                         if config.get("decoding")
                         else None,
                         max_turns=config.get("max_history"),
-                        batching=False,
+                        batching=config.get("generate") == "in_nlg",
                     )
             except (UserError, ValueError, OSError) as error:
                 raise HREDPolicyError(f"HREDPolicy: cannot load the HRED model: {error}") from error
+            if config.get("generate") == "in_nlg":
+                response = config.get("response", "utter_hred")
+                NLG_GENERATORS[response] = (generator, config.get("max_history"))
         return cls(config, model_storage, resource, execution_context, generator=generator)
 
     # --- prediction ---------------------------------------------------------------------
@@ -213,7 +224,7 @@ class HREDPolicy(Policy):
         )
         if confidence <= 0.0:
             return self._prediction(probabilities)
-        if self.config["generate"] == "nlg_server":
+        if self.config["generate"] in ("nlg_server", "in_nlg"):
             probabilities[domain.index_for_action(self.config["response"])] = confidence
             return self._prediction(probabilities)
         context = tracker_context(tracker, max_turns=self.config["max_history"])
