@@ -50,6 +50,8 @@ GENERATE_MODES = ("in_process", "in_nlg", "nlg_server")
 # Generators loaded by `generate: in_nlg` policies, by response name, for HREDTemplatedNLG:
 # Rasa builds the NLG from endpoints.yml and gives it no access to the model's storage.
 NLG_GENERATORS: dict[str, tuple[Any, int | None]] = {}
+# Responses an HREDTemplatedNLG in this process renders (it registers them when built).
+NLG_RENDERERS: set[str] = set()
 
 
 class HREDPolicyError(RasaException):
@@ -224,7 +226,7 @@ class HREDPolicy(Policy):
         )
         if confidence <= 0.0:
             return self._prediction(probabilities)
-        if self.config["generate"] in ("nlg_server", "in_nlg"):
+        if self.config["generate"] == "nlg_server" or self._nlg_generates():
             probabilities[domain.index_for_action(self.config["response"])] = confidence
             return self._prediction(probabilities)
         context = tracker_context(tracker, max_turns=self.config["max_history"])
@@ -240,6 +242,24 @@ class HREDPolicy(Policy):
             optional_events=[SlotSet(self.config["slot"], reply)],
             diagnostic_data={"hred_context": context},
         )
+
+    def _nlg_generates(self) -> bool:
+        """In ``in_nlg`` mode, whether an HREDTemplatedNLG will say the response.
+
+        Without one (no ``nlg:`` entry in endpoints.yml) the bot would say an empty slot,
+        so the policy generates itself, as in ``in_process``, and says why once.
+        """
+        if self.config["generate"] != "in_nlg":
+            return False
+        if self.config["response"] in NLG_RENDERERS:
+            return True
+        if not getattr(self, "_warned_no_nlg", False):
+            self._warned_no_nlg = True
+            logger.warning(
+                "HREDPolicy: generate is in_nlg, but no rasa_hred.rasa_nlg.HREDTemplatedNLG "
+                "is configured (endpoints.yml `nlg: type: ...`); generating in the policy."
+            )
+        return False
 
 
 # --- pure helpers (unit-tested without Rasa's graph) ----------------------------------------

@@ -23,7 +23,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.utils.endpoints import EndpointConfig
 
 from rasa_hred.context import tracker_context
-from rasa_hred.policy import NLG_GENERATORS
+from rasa_hred.policy import NLG_GENERATORS, NLG_RENDERERS
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class HREDTemplatedNLG(TemplatedNaturalLanguageGenerator):
         options = dict(endpoint_config.kwargs) if endpoint_config else {}
         self.responses_owned = set(options.get("responses") or ["utter_hred"])
         self.slot = options.get("slot") or "hred_response"
+        NLG_RENDERERS.update(self.responses_owned)
 
     async def generate(
         self,

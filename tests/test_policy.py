@@ -129,7 +129,10 @@ def test_trigger_confidence_rules():
 
 
 @pytest.mark.parametrize("mode", ["nlg_server", "in_nlg"])
-def test_nlg_modes_predict_without_generating(tmp_path, mode):
+def test_nlg_modes_predict_without_generating(tmp_path, mode, monkeypatch):
+    from rasa_hred import policy as policy_module
+
+    monkeypatch.setattr(policy_module, "NLG_RENDERERS", {"utter_hred"})
     generator = FixedGenerator()
     policy = make_policy(tmp_path, generator, generate=mode)
     prediction = policy.predict_action_probabilities(
@@ -193,6 +196,26 @@ async def test_hred_text_reaches_the_user_verbatim(text):
     assert await nlg.generate("utter_hred", tracker, "rest") == {"text": text}
     greeting = await nlg.generate("utter_greet", tracker, "rest")
     assert greeting["text"] == "hello!"
+
+
+def test_in_nlg_without_the_nlg_generates_in_the_policy(tmp_path, monkeypatch, caplog):
+    from rasa_hred import policy as policy_module
+
+    monkeypatch.setattr(policy_module, "NLG_RENDERERS", set())  # no HREDTemplatedNLG built
+    generator = FixedGenerator("said anyway")
+    policy = make_policy(tmp_path, generator, generate="in_nlg")
+    prediction = policy.predict_action_probabilities(
+        tracker_after(*user("any plans?", "chitchat")), DOMAIN
+    )
+    assert prediction.optional_events == [SlotSet("hred_response", "said anyway")]
+    assert "no rasa_hred.rasa_nlg.HREDTemplatedNLG is configured" in caplog.text
+
+
+def test_building_the_nlg_registers_its_response():
+    from rasa_hred import rasa_nlg
+
+    HREDTemplatedNLG(domain=DOMAIN, endpoint_config=EndpointConfig(responses=["utter_chat"]))
+    assert "utter_chat" in rasa_nlg.NLG_RENDERERS
 
 
 class AsyncGenerator:
