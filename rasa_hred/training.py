@@ -15,7 +15,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -241,14 +243,17 @@ class Trainer:
             )
         interrupted = False
         try:
-            while self.epoch < c.epochs:
-                record = self._train_epoch()
-                self.epoch += 1
-                record |= self._validate()
-                self._end_epoch(record)
-                if c.early_stopping and self.stale_epochs >= c.early_stopping:
-                    self._log(f"early stopping: no improvement for {self.stale_epochs} epochs")
-                    break
+            with _ctrl_c_requests_a_stop() as stop:
+                while self.epoch < c.epochs:
+                    record = self._train_epoch(stop)
+                    if stop.is_set():
+                        raise KeyboardInterrupt
+                    self.epoch += 1
+                    record |= self._validate()
+                    self._end_epoch(record)
+                    if c.early_stopping and self.stale_epochs >= c.early_stopping:
+                        self._log(f"early stopping: no improvement for {self.stale_epochs} epochs")
+                        break
         except KeyboardInterrupt:
             interrupted = True
             if self.rank.main:
@@ -269,7 +274,7 @@ class Trainer:
         ramp = min(1.0, self.epoch / max(1, c.scheduled_sampling_epochs))
         return c.scheduled_sampling * ramp
 
-    def _train_epoch(self) -> dict[str, Any]:
+    def _train_epoch(self, stop: threading.Event | None = None) -> dict[str, Any]:
         c, rank = self.config, self.rank
         rng = random.Random(c.seed * 1_000_003 + self.epoch)
         batches = bucketed_batches(self.train_ids, c.batch_size, rng=rng)
@@ -281,6 +286,8 @@ class Trainer:
         started = time.perf_counter()
         bar = _progress(batches, f"epoch {self.epoch + 1}/{c.epochs}", c.progress and rank.main)
         for indices in bar:
+            if stop is not None and stop.is_set():
+                break
             batch = make_batch(self.train_ids, indices, self.model.config.pad_id).to(self.device)
             with self._autocast():
                 out = self.parallel(batch, sampling_prob=prob)
@@ -409,6 +416,28 @@ def autocast(
     if (device.type == "cuda" and bf16) or (device.type == "cpu" and cpu_bf16):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _ctrl_c_requests_a_stop() -> Iterator[threading.Event]:
+    """The first Ctrl-C asks the loop to stop after the current batch (so the checkpoint is
+    written from a consistent state, never from inside a save or a plot); a second one
+    interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _seed_everything(seed: int) -> None:
