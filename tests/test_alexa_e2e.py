@@ -10,11 +10,6 @@ signed requests built from ask-sdk-model's typed envelopes.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -24,27 +19,11 @@ from typing import Any
 import pytest
 import requests
 from alexa_pki import CERT_URL, SKILL_ID, USER_ID, make_pki, sign, write_chain_cache
+from conftest import rasa_server as run_rasa
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-RASA = Path(sys.executable).with_name("rasa")
-STARTUP_TIMEOUT_S = 240
-
-
-def _env(tmp: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "RASA_TELEMETRY_ENABLED": "false",
-        "RASA_CACHE_DIRECTORY": str(tmp / "cache"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,48 +44,10 @@ def alexa_rasa_server(demo_model, pki, tmp_path_factory) -> Iterator[str]:
         f'  trusted_roots: "{roots}"\n'
         f'  certificate_cache_dir: "{tmp / "certs"}"\n'
     )
-    port = _free_port()
-    log_path = tmp / "rasa_run.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(RASA),
-                "run",
-                "--interface",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--credentials",
-                str(tmp / "credentials.yml"),
-                "--model",
-                str(demo_model),
-            ],
-            cwd=tmp,
-            env=_env(tmp),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        # rasa run loads the model before it opens the port.
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"rasa run did not start:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{base_url}/webhooks/alexa/", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
+    with run_rasa(
+        demo_model, tmp, "--credentials", str(tmp / "credentials.yml"), startup_timeout=240
+    ) as base_url:
         yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
 
 
 # --------------------------------------------------------------------------- envelopes
