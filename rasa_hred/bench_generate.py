@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -67,7 +68,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _percentile(values: list[float], fraction: float) -> float:
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Linear-interpolated percentile (``fraction`` in [0, 1]) of a non-empty sequence."""
     ordered = sorted(values)
     position = fraction * (len(ordered) - 1)
     low = int(position)
@@ -114,7 +116,7 @@ def bench_beam(
     return {
         "beam": beam,
         "latency_ms_p50": round(statistics.median(latencies), 2),
-        "latency_ms_p95": round(_percentile(latencies, 0.95), 2),
+        "latency_ms_p95": round(percentile(latencies, 0.95), 2),
         "sequential_replies_per_s": round(sequential, 1),
         "batched_replies_per_s": round(batched, 1),
         "batched_contexts": len(batch_contexts),

@@ -50,6 +50,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from rasa_hred.bench_generate import percentile
 from rasa_hred.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,15 +72,6 @@ REQUEST_TIMEOUT_S = 60.0
 
 
 # --- helpers shared with scripts/bench_alexa.py ---------------------------------------------
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Linear-interpolated percentile (``fraction`` in [0, 1]) of a non-empty sequence."""
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def summary(values_ms: Sequence[float]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from rasa_hred.bench_generate import VOCAB_SIZE, _percentile, seed_model
+from rasa_hred.bench_generate import VOCAB_SIZE, percentile, seed_model
 from rasa_hred.errors import UserError
 
 STEPS = 20
@@ -228,9 +228,9 @@ async def drive(url: str, bodies: list[bytes], clients: int, seconds: float) -> 
     return {
         "requests": answered + errors,
         "rps": round(answered / elapsed, 2) if elapsed > 0 else 0.0,
-        "p50_ms": round(_percentile(latencies, 0.50), 1) if latencies else None,
-        "p95_ms": round(_percentile(latencies, 0.95), 1) if latencies else None,
-        "p99_ms": round(_percentile(latencies, 0.99), 1) if latencies else None,
+        "p50_ms": round(percentile(latencies, 0.50), 1) if latencies else None,
+        "p95_ms": round(percentile(latencies, 0.95), 1) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
         "errors": errors,
         "elapsed_s": round(elapsed, 2),
     }
