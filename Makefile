@@ -18,11 +18,13 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PYTHON ?= $(shell command -v python3.10 >/dev/null 2>&1 && python3.10 -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && echo python3.10 || \
 	(command -v pyenv >/dev/null 2>&1 && v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.10\.[0-9]+$$' | tail -n1) && [ -n "$$v" ] && echo "$$(pyenv root)/versions/$$v/bin/python3.10"))
 
-.PHONY: help venv test lint run shell train clean
+.PHONY: help venv test test-fast lint run shell train clean
 
 help:
 	@echo "make run    - train the demo assistant if needed and start it (rasa run, REST on $(HOST):$(PORT))"
-	@echo "make test   - lint and run the test suite"
+	@echo "make test   - lint, type-check and run the whole test suite (what CI runs)"
+	@echo "make test-fast - the unit tests only (no Rasa training, no rasa run): the quick loop"
+	@echo "make lint   - ruff and mypy"
 	@echo "make shell  - chat with the trained assistant in the terminal (rasa shell)"
 	@echo "make train  - (re)train the demo assistant, HRED included, into $(MODEL)"
 	@echo "make serve  - the HRED NLG server for the demo model on 127.0.0.1:$(NLG_PORT)"
@@ -43,9 +45,14 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q -ra
+
+# Tests marked `slow` train a model or start Rasa; everything else runs in a few minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 # Rasa's own fingerprinting skips components whose config and data did not change.
 $(MODEL): $(STAMP) $(TRAINING_DATA)

@@ -1,66 +1,8 @@
-"""An in-process Rasa NLG for the HRED's response: generated on demand, said verbatim.
+"""The old endpoints.yml name ``rasa_hred.rasa_nlg.HREDTemplatedNLG``, kept working.
 
-Name it in ``endpoints.yml`` (``nlg: type: rasa_hred.rasa_nlg.HREDTemplatedNLG``).
-
-- With the policy in ``generate: in_nlg`` mode, the reply is generated here, when
-  ``utter_hred`` is said: off Rasa's event loop (the generator's micro-batcher and worker
-  thread), batched across concurrent conversations, and only for turns the HRED won.
-- With ``generate: in_process`` the policy has put the reply in the slot; it is said as is.
-  Rasa's templated NLG would format ``{hred_response}`` and give up when the text contains
-  ``0[`` (the user then hears the raw template).
-
-Every other response is rendered exactly as Rasa's templated NLG renders it.
+The class lives in ``rasa_hred.integration.nlg``; new configs name ``rasa_hred.HREDTemplatedNLG``.
 """
 
-from __future__ import annotations
+from rasa_hred.integration.nlg import HREDTemplatedNLG
 
-import logging
-from typing import Any
-
-from rasa.core.nlg import TemplatedNaturalLanguageGenerator
-from rasa.shared.core.domain import Domain
-from rasa.shared.core.trackers import DialogueStateTracker
-from rasa.utils.endpoints import EndpointConfig
-
-from rasa_hred.context import tracker_context
-from rasa_hred.policy import NLG_GENERATORS, NLG_RENDERERS
-
-logger = logging.getLogger(__name__)
-
-
-class HREDTemplatedNLG(TemplatedNaturalLanguageGenerator):
-    def __init__(
-        self,
-        endpoint_config: EndpointConfig | None = None,
-        domain: Domain | None = None,
-        **kwargs: Any,
-    ) -> None:
-        domain = domain or Domain.empty()
-        super().__init__(domain.responses)
-        options = dict(endpoint_config.kwargs) if endpoint_config else {}
-        self.responses_owned = set(options.get("responses") or ["utter_hred"])
-        self.slot = options.get("slot") or "hred_response"
-        NLG_RENDERERS.update(self.responses_owned)
-
-    async def generate(
-        self,
-        utter_action: str,
-        tracker: DialogueStateTracker,
-        output_channel: str,
-        **kwargs: Any,
-    ) -> dict[str, Any] | None:
-        if utter_action in self.responses_owned:
-            text = tracker.get_slot(self.slot)
-            if isinstance(text, str) and text.strip():
-                return {"text": text}
-            if utter_action in NLG_GENERATORS:
-                generator, max_turns = NLG_GENERATORS[utter_action]
-                try:
-                    reply = await generator.agenerate(tracker_context(tracker, max_turns=max_turns))
-                except Exception:
-                    logger.exception("HRED generation failed; saying utter_hred_fallback")
-                    return await super().generate(
-                        "utter_hred_fallback", tracker, output_channel, **kwargs
-                    )
-                return {"text": reply.text}
-        return await super().generate(utter_action, tracker, output_channel, **kwargs)
+__all__ = ["HREDTemplatedNLG"]

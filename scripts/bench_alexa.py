@@ -63,7 +63,7 @@ from alexa_pki import (  # noqa: E402
     write_chain_cache,
 )
 
-from rasa_hred.bench_rasa import (  # noqa: E402
+from rasa_hred.bench.rasa import (  # noqa: E402
     HRED_ACTION,
     HRED_LINES,
     HRED_POLICY,

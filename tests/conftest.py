@@ -63,7 +63,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny_hred(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small HRED trained for a few epochs on the bundled chatterbot corpus."""
-    from rasa_hred.training import TrainingConfig, train_model
+    from rasa_hred.core.training import TrainingConfig, train_model
 
     out = tmp_path_factory.mktemp("hred") / "model"
     config = TrainingConfig(

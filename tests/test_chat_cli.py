@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rasa_hred.checkpoint import save_model
-from rasa_hred.model import HRED, HREDConfig
-from rasa_hred.vocab import Vocabulary, tokenize
+from rasa_hred.core.checkpoint import save_model
+from rasa_hred.core.model import HRED, HREDConfig
+from rasa_hred.core.vocab import Vocabulary, tokenize
 
 CLI = str(Path(sys.executable).parent / "rasa-hred")
 WORDS = tokenize("hello hi how are you fine thanks good what is your name my the dog yes no ok")

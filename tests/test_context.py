@@ -1,4 +1,4 @@
-"""Tests for rasa_hred.context: tracker events -> HRED session context."""
+"""Tests for rasa_hred.integration.context: tracker events -> HRED session context."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from rasa.shared.core.events import (
 )
 from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
 
-from rasa_hred.context import MAX_EVENTS, dialogue_context, tracker_context
+from rasa_hred.integration.context import MAX_EVENTS, dialogue_context, tracker_context
 
 DOMAIN = Domain.from_yaml(
     """

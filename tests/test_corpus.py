@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rasa_hred.corpus import (
+from rasa_hred.core.vocab import PAD, Vocabulary
+from rasa_hred.corpora.loaders import (
     Corpus,
     CorpusError,
     corpus_stats,
@@ -21,7 +22,6 @@ from rasa_hred.corpus import (
     stats_command,
 )
 from rasa_hred.errors import UserError
-from rasa_hred.vocab import PAD, Vocabulary
 
 # --- MovieTriples -------------------------------------------------------------------------
 

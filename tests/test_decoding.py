@@ -1,4 +1,4 @@
-"""Beam search, greedy decoding, sampling and MMI reranking (rasa_hred.decoding).
+"""Beam search, greedy decoding, sampling and MMI reranking (rasa_hred.core.decoding).
 
 The models are tiny, random and seeded; their output layer is sharpened and their context
 path amplified so that replies differ between contexts, vary in length and love to repeat.
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rasa_hred.decoding import (
+from rasa_hred.core.decoding import (
     DecodingConfig,
     DecodingError,
     Hypothesis,
@@ -24,8 +24,8 @@ from rasa_hred.decoding import (
     sample_tokens,
     warp_log_probs,
 )
-from rasa_hred.model import HRED, HREDConfig
-from rasa_hred.vocab import NUMBER, PERSON, PLACEHOLDERS, UNK, Vocabulary
+from rasa_hred.core.model import HRED, HREDConfig
+from rasa_hred.core.vocab import NUMBER, PERSON, PLACEHOLDERS, UNK, Vocabulary
 
 WORDS = (  # noqa: SIM905
     "hello hi how are you fine thanks good bad what is your name my a the dog cat yes no "
@@ -234,7 +234,7 @@ def test_batched_equals_one_at_a_time(model, vocab):
 
 
 def test_chunked_decoding_equals_one_batch(model, vocab, monkeypatch):
-    import rasa_hred.decoding as decoding
+    import rasa_hred.core.decoding as decoding
 
     contexts = make_contexts(vocab, 10, seed=4)
     config = DecodingConfig(beam_size=3)

@@ -1,4 +1,4 @@
-"""The reply service (rasa_hred.generator): context rules, safety valves, batching."""
+"""The reply service (rasa_hred.serving.generator): context rules, safety valves, batching."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import time
 import pytest
 import torch
 
-from rasa_hred.checkpoint import CheckpointError, save_model
-from rasa_hred.decoding import DecodingConfig
-from rasa_hred.generator import Reply, ResponseGenerator
-from rasa_hred.model import HRED, HREDConfig
-from rasa_hred.vocab import PERSON, Vocabulary, tokenize
+from rasa_hred.core.checkpoint import CheckpointError, save_model
+from rasa_hred.core.decoding import DecodingConfig
+from rasa_hred.core.model import HRED, HREDConfig
+from rasa_hred.core.vocab import PERSON, Vocabulary, tokenize
+from rasa_hred.serving.generator import Reply, ResponseGenerator
 
 WORDS = tokenize(
     "hello hi how are you fine thanks good bad what is your name my a the dog cat yes no "

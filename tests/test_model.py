@@ -6,11 +6,11 @@ import random
 import pytest
 import torch
 
-from rasa_hred.batching import DialogueIds, encode_dialogues
-from rasa_hred.evaluation import evaluate
-from rasa_hred.model import HRED, DialogueBatch, HREDConfig
-from rasa_hred.training import Trainer, TrainingConfig
-from rasa_hred.vocab import Vocabulary
+from rasa_hred.core.batching import DialogueIds, encode_dialogues
+from rasa_hred.core.evaluation import evaluate
+from rasa_hred.core.model import HRED, DialogueBatch, HREDConfig
+from rasa_hred.core.training import Trainer, TrainingConfig
+from rasa_hred.core.vocab import Vocabulary
 
 
 def tiny_config(vocab_size=50, **overrides) -> HREDConfig:
@@ -187,7 +187,7 @@ def test_small_model_memorises_a_tiny_corpus(tmp_path):
 
 
 def test_diversity_counts_distinct_ngrams_and_unique_replies():
-    from rasa_hred.evaluation import diversity
+    from rasa_hred.core.evaluation import diversity
 
     figures = diversity([["i", "am", "fine"], ["i", "am", "fine"], ["no"]])
     assert figures["replies"] == 3

@@ -20,8 +20,8 @@ import pytest
 from conftest import BIN, RASA_ENV, free_port, rasa_server, rasa_train, write_demo_project
 from prometheus_client.parser import text_string_to_metric_families
 
-from rasa_hred.context import dialogue_context
-from rasa_hred.generator import ResponseGenerator
+from rasa_hred.integration.context import dialogue_context
+from rasa_hred.serving.generator import ResponseGenerator
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The NLG server (rasa_hred.nlg_server): Rasa's NLG protocol driven by Rasa's own client,
+"""The NLG server (rasa_hred.nlg_server.app): Rasa's NLG protocol driven by Rasa's own client,
 bad input, auth, body limits, concurrency with micro-batching, archives and SIGTERM.
 
 Everything runs for real: a Sanic server on a free 127.0.0.1 port in the test's event loop
@@ -46,10 +46,10 @@ from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
 from rasa.utils.endpoints import EndpointConfig
 from sanic import Sanic
 
-from rasa_hred.context import dialogue_context
 from rasa_hred.errors import UserError
-from rasa_hred.generator import ResponseGenerator
-from rasa_hred.nlg_server import create_app, extract_policy_model, nlg_config_command
+from rasa_hred.integration.context import dialogue_context
+from rasa_hred.nlg_server.app import create_app, extract_policy_model, nlg_config_command
+from rasa_hred.serving.generator import ResponseGenerator
 
 MAX_HISTORY = 10
 TOKEN = "s3cret-token"
@@ -514,7 +514,7 @@ def make_archive(path: Path, model_dir: Path, policy: dict[str, Any], *, extra=N
     """A Rasa-like model archive: a "/" root entry, components/, metadata.json last."""
     resource = "train_rasa_hred.HREDPolicy2"
     node = {
-        "uses": "rasa_hred.policy.HREDPolicy",
+        "uses": "rasa_hred.integration.policy.HREDPolicy",
         "config": policy,
         "resource": {"name": resource, "output_fingerprint": "x"},
     }

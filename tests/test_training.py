@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rasa_hred.checkpoint import CheckpointError, load_model, save_model
-from rasa_hred.model import DialogueBatch
-from rasa_hred.training import LAST_CHECKPOINT, Trainer, TrainingConfig, train_model
-from rasa_hred.vocab import Vocabulary
+from rasa_hred.core.checkpoint import CheckpointError, load_model, save_model
+from rasa_hred.core.model import DialogueBatch
+from rasa_hred.core.training import LAST_CHECKPOINT, Trainer, TrainingConfig, train_model
+from rasa_hred.core.vocab import Vocabulary
 
 CLI = Path(sys.executable).parent / "rasa-hred"
 
@@ -278,7 +278,7 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, corpus_
         from safetensors.torch import save_file
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_training import DIALOGUES, small_config
-        from rasa_hred.training import Trainer
+        from rasa_hred.core.training import Trainer
         config = small_config({str(tmp_path / "out")!r}, epochs=2, batch_size=2, threads=1)
         trainer = Trainer(config, DIALOGUES, DIALOGUES[:3])
         trainer.fit()

@@ -8,9 +8,7 @@ import random
 
 import pytest
 
-from rasa_hred.corpus import CorpusError
-from rasa_hred.errors import UserError
-from rasa_hred.vocab import (
+from rasa_hred.core.vocab import (
     BOS,
     CONTINUED,
     EOS,
@@ -22,9 +20,10 @@ from rasa_hred.vocab import (
     UNK,
     Vocabulary,
     detokenize,
-    load_movietriples_dict,
     tokenize,
 )
+from rasa_hred.corpora.loaders import CorpusError, load_movietriples_dict
+from rasa_hred.errors import UserError
 
 # --- tokenize -----------------------------------------------------------------------------
 
@@ -293,7 +292,7 @@ def test_movietriples_dict_keeps_ids(tmp_path):
         ("apple", 6, 7, 5),
     ]
     path = _write_dict(tmp_path / "Training.dict.pkl", list(reversed(entries)), protocol=2)
-    vocab = Vocabulary.from_movietriples_dict(path)
+    vocab = load_movietriples_dict(path)[0]
     for word, token_id, freq, _ in entries:
         assert vocab.id_of(word) == token_id
         assert vocab.frequencies[token_id] == freq
@@ -313,7 +312,7 @@ def test_movietriples_dict_python2_pickle(tmp_path):
     body = entry(b"<unk>", 0) + entry(b"<s>", 1) + entry(b"</s>", 2) + entry(b"caf\xc3\xa9", 3)
     path = tmp_path / "Training.dict.pkl"
     path.write_bytes(b"\x80\x02](" + body + b"e.")
-    vocab = Vocabulary.from_movietriples_dict(path)
+    vocab = load_movietriples_dict(path)[0]
     assert vocab.tokens[:4] == ["<unk>", "<s>", "</s>", "café"]
 
 
@@ -333,14 +332,14 @@ def test_movietriples_dict_python2_pickle(tmp_path):
 def test_movietriples_dict_errors(tmp_path, entries, message):
     path = _write_dict(tmp_path / "Training.dict.pkl", entries)
     with pytest.raises(CorpusError, match=message) as info:
-        Vocabulary.from_movietriples_dict(path)
+        load_movietriples_dict(path)[0]
     assert str(path) in str(info.value)
 
 
 def test_movietriples_dict_missing_or_truncated(tmp_path):
     with pytest.raises(UserError, match="no such file"):
-        Vocabulary.from_movietriples_dict(tmp_path / "Training.dict.pkl")
+        load_movietriples_dict(tmp_path / "Training.dict.pkl")[0]
     path = _write_dict(tmp_path / "Training.dict.pkl", [("<unk>", 0, 1, 1)] * 3)
     path.write_bytes(path.read_bytes()[:-5])
     with pytest.raises(CorpusError, match=r"Training\.dict\.pkl"):
-        Vocabulary.from_movietriples_dict(path)
+        load_movietriples_dict(path)[0]

@@ -16,7 +16,7 @@ A ``.yml``/``.yaml`` file without prefix is detected by its content, and a direc
 prefix loads every YAML and text file in it (YAML files holding neither conversations nor
 stories, such as ``nlu.yml`` or ``domain.yml``, are passed over and reported).
 
-Every utterance is tokenized with :func:`rasa_hred.vocab.tokenize` and stored as its tokens
+Every utterance is tokenized with :func:`rasa_hred.core.vocab.tokenize` and stored as its tokens
 joined by single spaces, whatever the source format. Dialogues with fewer than two utterances
 are skipped and counted in :attr:`Corpus.skipped`; bad input raises :class:`CorpusError` naming
 the file and the record.
@@ -36,16 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rasa_hred.errors import UserError
-from rasa_hred.vocab import (
+from rasa_hred.core.vocab import (
     BOS,
     EOS,
     PAD,
     SPECIAL_TOKENS,
     Vocabulary,
-    load_movietriples_dict,
     tokenize,
 )
+from rasa_hred.errors import UserError
 
 Dialogue = list[str]
 
@@ -68,7 +67,7 @@ class CorpusError(UserError):
 @dataclass
 class Corpus:
     """Dialogues per split. Each dialogue is a list of >= 2 utterances; each utterance is a
-    string of tokens (as produced by :func:`~rasa_hred.vocab.tokenize`) joined by spaces."""
+    string of tokens (as produced by :func:`~rasa_hred.core.vocab.tokenize`) joined by spaces."""
 
     train: list[Dialogue]
     validation: list[Dialogue]
@@ -786,3 +785,63 @@ __all__ = [
     "split_dialogues",
     "stats_command",
 ]
+
+
+def load_movietriples_dict(path: str | Path) -> tuple[Vocabulary, int]:
+    """Import a MovieTriples dictionary (``Training.dict.pkl``: a pickled list of
+    ``(word, id, freq, df)``); ids are kept exactly, missing special tokens are appended.
+
+    Returns the vocabulary and the number of ids the dictionary itself defines (the special
+    tokens appended after them never occur in the corpus's id lists).
+    """
+    path = Path(path)
+    data = restricted_load(path)
+    if not isinstance(data, (list, tuple)):
+        raise CorpusError(
+            f"{path}: expected a list of (word, id, freq, df) tuples, got {type(data).__name__}"
+        )
+    by_id: dict[int, tuple[str, int]] = {}
+    seen_words: dict[str, int] = {}
+    for index, entry in enumerate(data):
+        where = f"{path}: entry {index}"
+        if not isinstance(entry, (list, tuple)) or len(entry) < 2:
+            raise CorpusError(f"{where}: expected a (word, id, freq, df) tuple, got {entry!r}")
+        word, token_id = entry[0], entry[1]
+        frequency = entry[2] if len(entry) > 2 else 0
+        if isinstance(word, bytes):
+            try:
+                word = word.decode("utf-8")
+            except UnicodeDecodeError:
+                word = word.decode("latin-1")
+        if not isinstance(word, str) or not word:
+            raise CorpusError(f"{where}: the word must be a non-empty string, got {word!r}")
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise CorpusError(f"{where}: the id must be an integer, got {token_id!r}")
+        if isinstance(frequency, bool) or not isinstance(frequency, (int, float)):
+            raise CorpusError(f"{where}: the frequency must be a number, got {frequency!r}")
+        if token_id in by_id:
+            raise CorpusError(
+                f"{where}: id {token_id} of {word!r} already belongs to {by_id[token_id][0]!r}"
+            )
+        if word in seen_words:
+            raise CorpusError(
+                f"{where}: word {word!r} appears twice (ids {seen_words[word]} and {token_id})"
+            )
+        by_id[token_id] = (word, int(frequency))
+        seen_words[word] = token_id
+    if not by_id:
+        raise CorpusError(f"{path}: the dictionary is empty")
+    size = len(by_id)
+    if min(by_id) != 0 or max(by_id) != size - 1:
+        missing = [i for i in range(size + 1) if i not in by_id][:5]  # one must be
+        raise CorpusError(
+            f"{path}: the ids must be contiguous 0..{size - 1}; "
+            f"ids range {min(by_id)}..{max(by_id)}, missing e.g. {missing}"
+        )
+    tokens = [by_id[i][0] for i in range(size)]
+    frequencies = [by_id[i][1] for i in range(size)]
+    for token in SPECIAL_TOKENS:
+        if token not in seen_words:
+            tokens.append(token)
+            frequencies.append(0)
+    return Vocabulary(tokens, frequencies), size

@@ -2,7 +2,8 @@
 
 Everything here works on token ids: ``decode(model, contexts, config)`` takes one context per
 conversation (a list of ``<s> .. </s>`` utterances, possibly empty) and returns, for each, its
-best hypotheses. Text, safety valves and batching of requests live in ``rasa_hred.generator``.
+best hypotheses. Text, safety valves and batching of requests live in
+``rasa_hred.serving.generator``.
 
 How the search runs (the seed's HRED re-ran the whole prefix through the decoder at every
 step; this never does):
@@ -51,9 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rasa_hred.core.model import HRED
+from rasa_hred.core.vocab import BOS, PAD, PLACEHOLDERS, SPECIAL_TOKENS, UNK, Vocabulary
 from rasa_hred.errors import UserError
-from rasa_hred.model import HRED
-from rasa_hred.vocab import BOS, PAD, PLACEHOLDERS, SPECIAL_TOKENS, UNK, Vocabulary
 
 logger = logging.getLogger(__name__)
 

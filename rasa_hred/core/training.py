@@ -28,16 +28,22 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from rasa_hred.batching import (
+from rasa_hred.core.batching import (
     bucketed_batches,
     encode_dialogues,
     make_batch,
 )
-from rasa_hred.checkpoint import CheckpointError, load_model, load_state, resolve_device, save_model
+from rasa_hred.core.checkpoint import (
+    CheckpointError,
+    load_model,
+    load_state,
+    resolve_device,
+    save_model,
+)
+from rasa_hred.core.evaluation import perplexity, score
+from rasa_hred.core.model import HRED, HREDConfig
+from rasa_hred.core.vocab import Vocabulary
 from rasa_hred.errors import UserError
-from rasa_hred.evaluation import perplexity, score
-from rasa_hred.model import HRED, HREDConfig
-from rasa_hred.vocab import Vocabulary
 
 LAST_CHECKPOINT = "checkpoint-last"
 STATE_FILE = "training_state.pt"
@@ -486,7 +492,7 @@ def train_model(
     resume: bool = False,
 ) -> TrainingResult:
     """Load the corpus, train, and leave a model directory in ``config.out``."""
-    from rasa_hred.corpus import load_corpus
+    from rasa_hred.corpora.loaders import load_corpus
 
     corpus = load_corpus(config.corpus, seed=config.split_seed)
     train = [*corpus.train, *extra_dialogues]

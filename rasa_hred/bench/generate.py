@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from rasa_hred.checkpoint import resolve_device
-from rasa_hred.decoding import DecodingConfig, decode
-from rasa_hred.model import HRED, HREDConfig
-from rasa_hred.vocab import SPECIAL_TOKENS
+from rasa_hred.core.checkpoint import resolve_device
+from rasa_hred.core.decoding import DecodingConfig, decode
+from rasa_hred.core.model import HRED, HREDConfig
+from rasa_hred.core.vocab import SPECIAL_TOKENS
 
 VOCAB_SIZE = 10004
 STEPS = 20

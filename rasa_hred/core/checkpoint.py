@@ -15,9 +15,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rasa_hred.core.model import HRED, HREDConfig
+from rasa_hred.core.vocab import Vocabulary
 from rasa_hred.errors import UserError
-from rasa_hred.model import HRED, HREDConfig
-from rasa_hred.vocab import Vocabulary
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"

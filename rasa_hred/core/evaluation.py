@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from rasa_hred.batching import DialogueIds, encode_dialogues, iterate_batches
-from rasa_hred.checkpoint import load_model, resolve_device
+from rasa_hred.core.batching import DialogueIds, encode_dialogues, iterate_batches
+from rasa_hred.core.checkpoint import load_model, resolve_device
+from rasa_hred.core.model import HRED, LossOn
 from rasa_hred.errors import UserError
-from rasa_hred.model import HRED, LossOn
 
 
 @torch.inference_mode()
@@ -95,7 +95,7 @@ def diversity(replies: Sequence[Sequence[str]]) -> dict[str, float]:
 
 def generated_diversity(model_dir: str, dialogues: Sequence[Sequence[str]], count: int) -> dict:
     """Generate a reply for the context of up to ``count`` dialogues and measure diversity."""
-    from rasa_hred.generator import ResponseGenerator
+    from rasa_hred.serving.generator import ResponseGenerator
 
     generator = ResponseGenerator.load(model_dir, device="auto")
     contexts = [list(d[:-1]) for d in dialogues[:count]]
@@ -106,7 +106,7 @@ def generated_diversity(model_dir: str, dialogues: Sequence[Sequence[str]], coun
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from rasa_hred.corpus import load_corpus
+    from rasa_hred.corpora.loaders import load_corpus
 
     loaded = load_model(args.model, resolve_device(args.device))
     training = loaded.extra.get("training", {})

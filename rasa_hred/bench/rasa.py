@@ -50,10 +50,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rasa_hred.bench_generate import percentile
+from rasa_hred.bench.generate import percentile
 from rasa_hred.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 HRED_LINES = (
     "what do you think about love?",
@@ -245,7 +245,7 @@ def _device() -> str:
 
 def hred_policy_node(archive: tarfile.TarFile) -> tuple[str, dict[str, Any]] | None:
     """(resource name, full config) of the archive's HREDPolicy, or ``None``."""
-    from rasa_hred.policy import HREDPolicy
+    from rasa_hred.integration.policy import HREDPolicy
 
     member = archive.extractfile("metadata.json")
     if member is None:
@@ -294,8 +294,8 @@ def in_process_generation(model: str | Path, runs: int, warmup: int = 3) -> dict
         }
         if config.get("generate") != "in_process":
             return {"skipped": "the policy does not generate in process", "policy": policy}
-        from rasa_hred.decoding import DecodingConfig
-        from rasa_hred.generator import ResponseGenerator
+        from rasa_hred.core.decoding import DecodingConfig
+        from rasa_hred.serving.generator import ResponseGenerator
 
         generator = ResponseGenerator.load(
             _extract_component(archive, resource, Path(scratch)),

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from rasa_hred.batching import DialogueIds, bucketed_batches, make_batch, padding_fraction
-from rasa_hred.checkpoint import resolve_device
-from rasa_hred.model import HRED, HREDConfig, LossOn
-from rasa_hred.training import autocast
+from rasa_hred.core.batching import DialogueIds, bucketed_batches, make_batch, padding_fraction
+from rasa_hred.core.checkpoint import resolve_device
+from rasa_hred.core.model import HRED, HREDConfig, LossOn
+from rasa_hred.core.training import autocast
 
 SEED_VOCAB = 10_004
 

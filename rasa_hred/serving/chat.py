@@ -11,49 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
+from rasa_hred.cli.generate import decoding_overrides
 from rasa_hred.errors import UserError
-from rasa_hred.generator import Reply, ResponseGenerator
-
-_DECODING_FLAGS = (
-    "method",
-    "beam_size",
-    "max_length",
-    "min_length",
-    "length_penalty",
-    "no_repeat_ngram",
-    "mmi_lambda",
-    "mmi_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-)
+from rasa_hred.serving.generator import Reply, ResponseGenerator
 
 HELP = """commands:
   /history  show the conversation so far
   /reset    start a new conversation
   /help     this text
   /quit     leave (so does Ctrl-D)"""
-
-
-def decoding_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The decoding flags that were given (unset ones keep the model's defaults)."""
-    overrides = {
-        name: getattr(args, name)
-        for name in _DECODING_FLAGS
-        if getattr(args, name, None) is not None
-    }
-    penalty = overrides.get("length_penalty")
-    if isinstance(penalty, str) and penalty != "mean":
-        try:
-            overrides["length_penalty"] = float(penalty)
-        except ValueError:
-            raise UserError(
-                f"--length-penalty must be a number or 'mean', not {penalty!r}"
-            ) from None
-    return overrides
 
 
 def load_generator(args: argparse.Namespace) -> ResponseGenerator:

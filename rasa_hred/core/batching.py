@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
-from rasa_hred.model import DialogueBatch
-from rasa_hred.vocab import Vocabulary
+from rasa_hred.core.model import DialogueBatch
+from rasa_hred.core.vocab import Vocabulary
 
 DialogueIds = list[list[int]]  # utterances as <s> .. </s> id lists
 

@@ -10,8 +10,8 @@ It POSTs ``{"response": "utter_x", "id": .., "arguments": {..}, "tracker": {.. "
 ``text``, ``buttons``, ``image``, ``elements``, ``attachment``, ``custom``. This server answers:
 
 - the HRED responses (``--responses``, default ``utter_hred``) with ``{"text": reply}``, the
-  reply the HRED gives for the conversation (``rasa_hred.context.dialogue_context`` of the
-  tracker's events, the same rules as ``HREDPolicy``). Generation runs through
+  reply the HRED gives for the conversation (``dialogue_context`` of the tracker's events,
+  the same rules as ``HREDPolicy``). Generation runs through
   ``ResponseGenerator.agenerate``: concurrent conversations are decoded as one batch in a
   worker thread, so the event loop never waits on a forward pass. If generation fails, the
   domain's ``utter_hred_fallback`` (or the generator's fallback text) is said instead;
@@ -73,14 +73,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from rasa_hred.context import dialogue_context
 from rasa_hred.errors import UserError
+from rasa_hred.integration.context import dialogue_context
 
 if TYPE_CHECKING:
     from rasa.shared.core.domain import Domain
     from sanic import Sanic
 
-    from rasa_hred.generator import ResponseGenerator
+    from rasa_hred.serving.generator import ResponseGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -665,7 +665,7 @@ class ServeSettings:
 def resolve_settings(args: argparse.Namespace, scratch: Path) -> ServeSettings:
     """Model directory, domain, responses, history and decoding for ``serve``: the flags,
     then (for an archive) the HREDPolicy's config in it, then the defaults."""
-    from rasa_hred.decoding import DecodingConfig, DecodingError
+    from rasa_hred.core.decoding import DecodingConfig, DecodingError
 
     model = Path(args.model)
     policy_config: dict[str, Any] = {}
@@ -712,7 +712,7 @@ def resolve_settings(args: argparse.Namespace, scratch: Path) -> ServeSettings:
 
 def decoding_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding flags given (as ``respond``), then ``--decoding JSON`` on top."""
-    from rasa_hred.chat import decoding_overrides
+    from rasa_hred.cli.generate import decoding_overrides
 
     overrides = decoding_overrides(args)
     if getattr(args, "decoding", None):
@@ -727,8 +727,8 @@ def decoding_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_generator(args: argparse.Namespace, settings: ServeSettings) -> ResponseGenerator:
-    from rasa_hred.decoding import DecodingError
-    from rasa_hred.generator import ResponseGenerator
+    from rasa_hred.core.decoding import DecodingError
+    from rasa_hred.serving.generator import ResponseGenerator
 
     if args.max_batch_size < 1 or args.batch_wait_ms < 0:
         raise UserError("--max-batch-size must be >= 1 and --batch-wait-ms >= 0")

@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from rasa_hred.bench_generate import VOCAB_SIZE, percentile, seed_model
+from rasa_hred.bench.generate import VOCAB_SIZE, percentile, seed_model
 from rasa_hred.errors import UserError
 
 STEPS = 20
@@ -67,8 +67,8 @@ def build_seed_model(directory: Path) -> Path:
     """An untrained seed-sized model directory (beam 5, replies of exactly 20 tokens)."""
     import torch
 
-    from rasa_hred.checkpoint import save_model
-    from rasa_hred.vocab import SPECIAL_TOKENS, Vocabulary
+    from rasa_hred.core.checkpoint import save_model
+    from rasa_hred.core.vocab import SPECIAL_TOKENS, Vocabulary
 
     model = seed_model(torch.device("cpu"))
     vocabulary = Vocabulary([*SPECIAL_TOKENS, *synthetic_words(VOCAB_SIZE - len(SPECIAL_TOKENS))])

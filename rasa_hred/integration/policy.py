@@ -11,7 +11,7 @@ In ``generate: nlg_server`` mode the policy only predicts ``utter_hred``; the NL
 (``rasa-hred serve``, named in ``endpoints.yml``) generates the text from the tracker, so
 generation runs once, batched, and off Rasa's event loop. ``generate: in_nlg`` does the same
 inside the Rasa process: the policy loads the model and only predicts, and
-``rasa_hred.rasa_nlg.HREDTemplatedNLG`` (named in ``endpoints.yml``) generates when
+``rasa_hred.HREDTemplatedNLG`` (named in ``endpoints.yml``) generates when
 ``utter_hred`` is actually said. In both modes a turn that another policy wins costs no
 generation, which ``in_process`` cannot avoid (a policy cannot know whether it will win).
 """
@@ -38,9 +38,9 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.exceptions import RasaException
 from rasa.shared.nlu.constants import INTENT_NAME_KEY
 
-from rasa_hred.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, save_model
-from rasa_hred.context import tracker_context
+from rasa_hred.core.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, save_model
 from rasa_hred.errors import UserError
+from rasa_hred.integration.context import tracker_context
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class HREDPolicy(Policy):
         return self._resource
 
     def _train_hred(self, stories: list[list[str]], directory: Path) -> None:
-        from rasa_hred.training import TrainingConfig, train_model
+        from rasa_hred.core.training import TrainingConfig, train_model
 
         options = {
             key: self.config[key]
@@ -186,8 +186,8 @@ class HREDPolicy(Policy):
     ) -> HREDPolicy:
         generator = None
         if config.get("generate", "in_process") in ("in_process", "in_nlg"):
-            from rasa_hred.decoding import DecodingConfig
-            from rasa_hred.generator import ResponseGenerator
+            from rasa_hred.core.decoding import DecodingConfig
+            from rasa_hred.serving.generator import ResponseGenerator
 
             try:
                 with model_storage.read_from(resource) as directory:
@@ -256,7 +256,7 @@ class HREDPolicy(Policy):
         if not getattr(self, "_warned_no_nlg", False):
             self._warned_no_nlg = True
             logger.warning(
-                "HREDPolicy: generate is in_nlg, but no rasa_hred.rasa_nlg.HREDTemplatedNLG "
+                "HREDPolicy: generate is in_nlg, but no rasa_hred.HREDTemplatedNLG "
                 "is configured (endpoints.yml `nlg: type: ...`); generating in the policy."
             )
         return False
@@ -346,7 +346,7 @@ def _check_domain(config: dict[str, Any], domain: Domain) -> None:
 
 def _copy_model_dir(source: Path, target: Path) -> None:
     """Copy (and so validate) a model directory: it must load."""
-    from rasa_hred.checkpoint import load_model
+    from rasa_hred.core.checkpoint import load_model
 
     try:
         loaded = load_model(source, "cpu")

@@ -33,10 +33,10 @@ from typing import Any, Literal
 
 import torch
 
-from rasa_hred.checkpoint import CheckpointError, load_model, resolve_device
-from rasa_hred.decoding import DecodingConfig, DecodingError, Hypothesis, decode
-from rasa_hred.model import HRED
-from rasa_hred.vocab import Vocabulary, detokenize, tokenize
+from rasa_hred.core.checkpoint import CheckpointError, load_model, resolve_device
+from rasa_hred.core.decoding import DecodingConfig, DecodingError, Hypothesis, decode
+from rasa_hred.core.model import HRED
+from rasa_hred.core.vocab import Vocabulary, detokenize, tokenize
 
 DEFAULT_FALLBACK = "Sorry, I don't know what to say."
 DEFAULT_MAX_TURNS = 9  # training windows hold 10 turns: 9 of context and the reply

@@ -343,17 +343,6 @@ class Vocabulary:
         frequencies = [*special_counts, *(count for _, count in words)]
         return cls(tokens, frequencies)
 
-    @classmethod
-    def from_movietriples_dict(cls, path: str | Path) -> Vocabulary:
-        """Import a MovieTriples ``Training.dict.pkl``: a list of ``(word, id, freq, df)``.
-
-        Every word keeps its id exactly (the triples files refer to them). Special tokens the
-        dictionary lacks (typically ``<pad>``) are appended after the highest id, in
-        ``SPECIAL_TOKENS`` order. The ids must be unique and cover 0..n-1. Python 2 pickles
-        (byte-string words) are accepted; the file is read with the restricted unpickler.
-        """
-        return load_movietriples_dict(path)[0]
-
     def save(self, path: str | Path) -> None:
         """Write the vocabulary as JSON (``{"format": "rasa-hred-vocab", "version": 1, ...}``)."""
         payload = {
@@ -409,64 +398,3 @@ class Vocabulary:
             return cls(tokens, frequencies)
         except ValueError as error:
             raise UserError(f"{path}: invalid vocabulary: {error}") from None
-
-
-def load_movietriples_dict(path: str | Path) -> tuple[Vocabulary, int]:
-    """Import a MovieTriples dictionary (see :meth:`Vocabulary.from_movietriples_dict`).
-
-    Returns the vocabulary and the number of ids the dictionary itself defines (the special
-    tokens appended after them never occur in the corpus's id lists).
-    """
-    from rasa_hred.corpus import CorpusError, restricted_load
-
-    path = Path(path)
-    data = restricted_load(path)
-    if not isinstance(data, (list, tuple)):
-        raise CorpusError(
-            f"{path}: expected a list of (word, id, freq, df) tuples, got {type(data).__name__}"
-        )
-    by_id: dict[int, tuple[str, int]] = {}
-    seen_words: dict[str, int] = {}
-    for index, entry in enumerate(data):
-        where = f"{path}: entry {index}"
-        if not isinstance(entry, (list, tuple)) or len(entry) < 2:
-            raise CorpusError(f"{where}: expected a (word, id, freq, df) tuple, got {entry!r}")
-        word, token_id = entry[0], entry[1]
-        frequency = entry[2] if len(entry) > 2 else 0
-        if isinstance(word, bytes):
-            try:
-                word = word.decode("utf-8")
-            except UnicodeDecodeError:
-                word = word.decode("latin-1")
-        if not isinstance(word, str) or not word:
-            raise CorpusError(f"{where}: the word must be a non-empty string, got {word!r}")
-        if isinstance(token_id, bool) or not isinstance(token_id, int):
-            raise CorpusError(f"{where}: the id must be an integer, got {token_id!r}")
-        if isinstance(frequency, bool) or not isinstance(frequency, (int, float)):
-            raise CorpusError(f"{where}: the frequency must be a number, got {frequency!r}")
-        if token_id in by_id:
-            raise CorpusError(
-                f"{where}: id {token_id} of {word!r} already belongs to {by_id[token_id][0]!r}"
-            )
-        if word in seen_words:
-            raise CorpusError(
-                f"{where}: word {word!r} appears twice (ids {seen_words[word]} and {token_id})"
-            )
-        by_id[token_id] = (word, int(frequency))
-        seen_words[word] = token_id
-    if not by_id:
-        raise CorpusError(f"{path}: the dictionary is empty")
-    size = len(by_id)
-    if min(by_id) != 0 or max(by_id) != size - 1:
-        missing = [i for i in range(size + 1) if i not in by_id][:5]  # one must be
-        raise CorpusError(
-            f"{path}: the ids must be contiguous 0..{size - 1}; "
-            f"ids range {min(by_id)}..{max(by_id)}, missing e.g. {missing}"
-        )
-    tokens = [by_id[i][0] for i in range(size)]
-    frequencies = [by_id[i][1] for i in range(size)]
-    for token in SPECIAL_TOKENS:
-        if token not in seen_words:
-            tokens.append(token)
-            frequencies.append(0)
-    return Vocabulary(tokens, frequencies), size

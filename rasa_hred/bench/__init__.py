@@ -1,0 +1,1 @@
+"""Benchmarks (``rasa-hred bench ...``): apart from the library, which never imports them."""

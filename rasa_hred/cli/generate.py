@@ -1,0 +1,113 @@
+"""``rasa-hred respond`` and ``rasa-hred chat``, and the decoding flags ``serve`` shares."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rasa_hred.cli.common import lazy
+from rasa_hred.errors import UserError
+
+_DECODING_FLAGS = (
+    "method",
+    "beam_size",
+    "max_length",
+    "min_length",
+    "length_penalty",
+    "no_repeat_ngram",
+    "mmi_lambda",
+    "mmi_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+)
+
+
+def decoding_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding flags that were given (unset ones keep the model's defaults)."""
+    overrides = {
+        name: getattr(args, name)
+        for name in _DECODING_FLAGS
+        if getattr(args, name, None) is not None
+    }
+    penalty = overrides.get("length_penalty")
+    if isinstance(penalty, str) and penalty != "mean":
+        try:
+            overrides["length_penalty"] = float(penalty)
+        except ValueError:
+            raise UserError(
+                f"--length-penalty must be a number or 'mean', not {penalty!r}"
+            ) from None
+    return overrides
+
+
+def add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    """Decoding flags; unset ones keep the model directory's defaults (config.json
+    "decoding"), then the built-in ones (beam 5, length penalty 1.0, trigram blocking)."""
+    parser.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    group = parser.add_argument_group("decoding (unset: the model's defaults)")
+    group.add_argument("--method", choices=["beam", "greedy", "sample"], help="[beam]")
+    group.add_argument("--beam-size", type=int, help="beams per reply [5]")
+    group.add_argument("--max-length", type=int, help="most tokens per reply [30]")
+    group.add_argument("--min-length", type=int, help="fewest tokens per reply [1]")
+    group.add_argument(
+        "--length-penalty",
+        metavar="ALPHA|mean",
+        help="score = log p / ((5 + len) / 6) ** ALPHA, or the mean log-prob [1.0]",
+    )
+    group.add_argument(
+        "--no-repeat-ngram", type=int, help="block repeated n-grams of this size (0 = off) [3]"
+    )
+    group.add_argument(
+        "--mmi-lambda", type=float, help="MMI-antiLM weight of the language model (0 = off) [0]"
+    )
+    group.add_argument("--mmi-tokens", type=int, help="reply tokens the MMI penalty covers [5]")
+    group.add_argument("--temperature", type=float, help="sampling temperature [1.0]")
+    group.add_argument("--top-k", type=int, help="sample from the k likeliest tokens (0 = all)")
+    group.add_argument("--top-p", type=float, help="nucleus sampling mass (1 = off)")
+    group.add_argument("--seed", type=int, help="sampling seed")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    respond = commands.add_parser(
+        "respond",
+        help="print a model's reply to a conversation",
+        description=(
+            "Print the reply of a model directory to the conversation given as arguments "
+            "(oldest utterance first; none: the model opens). Put -- before the utterances. "
+            "With --n-best K the K best replies, with --json as a JSON list of objects "
+            "(text, score, log_prob, tokens, ...), best first."
+        ),
+    )
+    add_decoding_options(respond)
+    respond.add_argument(
+        "--max-turns",
+        type=int,
+        metavar="N",
+        help="conversation turns the model sees (default: as in training); 1 suits models "
+        "trained on single exchanges such as the chatterbot corpus",
+    )
+    respond.add_argument("--n-best", type=int, default=1, metavar="K", help="replies to print")
+    respond.add_argument("--json", action="store_true", help="print JSON")
+    respond.add_argument("utterances", nargs="*", metavar="UTTERANCE")
+    respond.set_defaults(handler=lazy("rasa_hred.serving.chat", "respond_command"))
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat with a model in the terminal",
+        description=(
+            "An interactive chat with a model directory. The model sees the conversation so "
+            "far (what you and it said). Commands: /history, /reset, /help, /quit (or EOF)."
+        ),
+    )
+    add_decoding_options(chat)
+    chat.add_argument(
+        "--max-turns",
+        type=int,
+        metavar="N",
+        help="conversation turns the model sees (default: as in training); 1 suits models "
+        "trained on single exchanges such as the chatterbot corpus",
+    )
+    chat.set_defaults(handler=lazy("rasa_hred.serving.chat", "chat_command"))

@@ -1,0 +1,1 @@
+"""Replies from a trained model: the generator, its async micro-batcher, and the chat REPL."""
