@@ -11,7 +11,7 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
+from support.oracles import reference_log_probs
 
 from rasa_hred.core.decoding import (
     DecodingConfig,
@@ -114,7 +114,7 @@ def reference_beam_search(
     model: HRED, context: list[list[int]], config: DecodingConfig, vocab: Vocabulary
 ) -> list[Hypothesis]:
     """Per-hypothesis Python beam search with the same rules as ``decode``, but every
-    step feeds the whole prefix through ``run_decoder`` (no carried state)."""
+    step feeds the whole prefix through the decoder GRU (no carried state, nothing fused)."""
     c = model.config
     eos, bos = c.eos_id, c.bos_id
     banned = set(config.banned_ids(vocab, c.bos_id, c.pad_id))
@@ -126,10 +126,7 @@ def reference_beam_search(
     vector = model.context_vectors([context])
 
     def next_log_probs(prefix: list[int]) -> torch.Tensor:
-        inputs = torch.tensor([[bos, *prefix]])
-        states, _ = model.run_decoder(inputs, vector)
-        logits = model.output_logits(states[:, -1], vector, inputs[:, -1])
-        return F.log_softmax(logits.float(), dim=-1)[0].clone()
+        return reference_log_probs(model, torch.tensor([[bos, *prefix]]), vector)[0, -1].clone()
 
     def blocked(prefix: list[int]) -> set[int]:
         if n == 0 or len(prefix) < n:
@@ -349,21 +346,17 @@ def test_decoding_runs_in_eval_mode_and_restores_training_mode(vocab, contexts):
         assert_same(a, b)
 
 
-def test_model_without_fusable_step_falls_back_to_decode_step(vocab, contexts):
-    class Shifted(HRED):
-        def output_logits(self, decoder_state, context, previous):
-            return super().output_logits(decoder_state, context, previous) * 0.5
-
-    torch.manual_seed(0)
-    base = make_model(vocab, seed=10)
-    shifted = Shifted(base.config)
-    shifted.load_state_dict(base.state_dict())
-    shifted.eval()
+def test_decoding_follows_weights_changed_in_place(vocab, contexts):
+    model = make_model(vocab, seed=10)
     config = DecodingConfig(beam_size=3, n_best=2)
-    got = decode(shifted, contexts[:4], config, vocabulary=vocab)
+    before = decode(model, contexts[:4], config, vocabulary=vocab)  # weights cached now
+    with torch.no_grad():
+        model.load_state_dict(make_model(vocab, seed=12).state_dict())
+    got = decode(model, contexts[:4], config, vocabulary=vocab)
     with torch.inference_mode():
         for context, hyps in zip(contexts[:4], got):
-            assert_same(hyps, reference_beam_search(shifted, context, config, vocab))
+            assert_same(hyps, reference_beam_search(model, context, config, vocab))
+    assert [h.tokens for hs in got for h in hs] != [h.tokens for hs in before for h in hs]
 
 
 # --- sampling ------------------------------------------------------------------------------
@@ -440,9 +433,7 @@ def test_mmi_end_to_end_subtracts_lambda_times_the_lm_log_prob(model, vocab, con
             # the LM: the decoder with a zero context, re-run over the first 3 tokens
             with torch.inference_mode():
                 inputs = torch.tensor([[vocab.bos_id, *h.tokens[:2]]])
-                states, _ = model.run_decoder(inputs, zero)
-                steps = zero.unsqueeze(1).expand(-1, inputs.size(1), -1)
-                lps = F.log_softmax(model.output_logits(states, steps, inputs), -1)[0]
+                lps = reference_log_probs(model, inputs, zero)[0]
                 want_lm = sum(float(lps[i, t]) for i, t in enumerate(h.tokens[:3]))
             assert h.lm_log_prob == pytest.approx(want_lm, abs=1e-4)
             assert h.score == pytest.approx(

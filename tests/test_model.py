@@ -5,12 +5,16 @@ import random
 
 import pytest
 import torch
+from support.oracles import reference_log_probs, reference_step
 
+from rasa_hred.core import training
 from rasa_hred.core.batching import DialogueIds, encode_dialogues
 from rasa_hred.core.evaluation import evaluate
 from rasa_hred.core.model import HRED, DialogueBatch, HREDConfig
 from rasa_hred.core.training import Trainer, TrainingConfig
 from rasa_hred.core.vocab import Vocabulary
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(vocab_size=50, **overrides) -> HREDConfig:
@@ -87,13 +91,122 @@ def test_step_api_matches_teacher_forcing():
     forced, _ = model.token_log_probs(DialogueBatch.from_ids([dialogue], 0), "last")
     with torch.no_grad():
         context = model.context_vectors([dialogue[:-1]])
-        hidden = model.initial_decoder_state(context)
+        decoder = model.start_decoding(context)
+        hidden = decoder.initial_hidden()
         target = dialogue[-1]
         stepped = []
         for k in range(len(target) - 1):
-            log_probs, hidden = model.decode_step(torch.tensor([target[k]]), hidden, context)
+            log_probs, hidden = decoder.step(torch.tensor([target[k]]), hidden)
             stepped.append(float(log_probs[0, target[k + 1]]))
     torch.testing.assert_close(forced[0, : len(stepped)], torch.tensor(stepped), atol=1e-5, rtol=0)
+
+
+def randomise_biases(model: HRED) -> HRED:
+    """HRED starts with zero biases; a wrongly placed bias would then go unnoticed."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "bias" in name:
+                parameter.normal_(std=0.5)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("layers", "maxout", "tie", "dtype"),
+    [
+        (1, True, True, torch.float32),  # oneDNN-prepacked weights (on CPUs with oneDNN)
+        (2, True, False, torch.float32),
+        (1, False, False, torch.float32),
+        (3, False, True, torch.float32),
+        (2, True, False, torch.float64),  # plain matrix products
+        (1, False, True, torch.float64),
+    ],
+)
+def test_decoder_step_equals_the_full_gru_reference(layers, maxout, tie, dtype):
+    torch.manual_seed(layers)
+    config = tiny_config(decoder_layers=layers, maxout=maxout, tie_embeddings=tie)
+    model = randomise_biases(HRED(config)).to(dtype).eval()
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
+    with torch.inference_mode():
+        context = torch.randn(3, config.context_hidden, dtype=dtype)
+        decoder = model.start_decoding(context)
+        decoder.repeat(2)
+        rows = context.repeat_interleave(2, dim=0)
+        hidden = decoder.initial_hidden()
+        want_hidden = model.initial_decoder_state(rows)
+        torch.testing.assert_close(hidden, want_hidden)
+        previous = torch.tensor([2, 2, 9, 17, 30, 49])
+        for order in ([0, 1, 2, 3, 4, 5], [5, 5, 0, 3, 1, 2], [1, 0, 4]):
+            got, hidden = decoder.step(previous, hidden)
+            want, want_hidden = reference_step(model, previous, want_hidden, rows)
+            assert got.dtype == torch.float32 and got.shape == (len(previous), config.vocab_size)
+            torch.testing.assert_close(got, want, **tolerance)
+            torch.testing.assert_close(hidden, want_hidden, **tolerance)
+            # as beam search does: keep, reorder and repeat rows between steps
+            index = torch.tensor(order)
+            decoder.select(index)
+            rows = rows[index]
+            hidden, want_hidden = hidden.index_select(1, index), want_hidden.index_select(1, index)
+            previous = got.argmax(-1)[index]
+
+
+def test_decoder_step_follows_weights_changed_in_place():
+    torch.manual_seed(0)
+    model = randomise_biases(HRED(tiny_config(decoder_layers=2, tie_embeddings=False))).eval()
+    other = randomise_biases(HRED(model.config)).eval()
+    context = torch.randn(4, model.config.context_hidden)
+    previous = torch.tensor([2, 5, 9, 11])
+
+    def step_and_reference():
+        with torch.inference_mode():
+            decoder = model.start_decoding(context)
+            hidden = decoder.initial_hidden()
+            got, _ = decoder.step(previous, hidden)
+            want, _ = reference_step(model, previous, hidden, context)
+        return got, want
+
+    before, _ = step_and_reference()  # weights (prepacked on oneDNN CPUs) are cached now
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(1.5)
+    got, want = step_and_reference()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, before)
+    model.load_state_dict(other.state_dict())
+    got, want = step_and_reference()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_step_under_bf16_autocast_stays_close_to_the_reference():
+    torch.manual_seed(0)
+    model = randomise_biases(HRED(tiny_config(decoder_layers=2))).eval()
+    context = torch.randn(4, model.config.context_hidden)
+    previous = torch.tensor([2, 5, 9, 11])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        decoder = model.start_decoding(context)
+        hidden = decoder.initial_hidden()
+        got, _ = decoder.step(previous, hidden)
+    with torch.inference_mode():
+        want, _ = reference_step(model, previous, hidden.float(), context)
+    torch.testing.assert_close(got, want, atol=5e-2, rtol=1e-2)
+
+
+def test_teacher_forced_pass_equals_the_unpacked_reference():
+    torch.manual_seed(0)
+    model = randomise_biases(HRED(tiny_config(decoder_layers=2))).eval()
+    lengths = [5, 0, 2, 7]  # a row with nothing to predict is allowed (MMI scores empty replies)
+    inputs = torch.randint(7, 50, (len(lengths), max(lengths)))
+    inputs[:, 0] = 2
+    targets = torch.randint(7, 50, inputs.shape)
+    mask = torch.arange(inputs.size(1)) < torch.tensor(lengths).unsqueeze(1)
+    context = torch.randn(len(lengths), model.config.context_hidden)
+    with torch.inference_mode():
+        got = model.target_log_probs(inputs, targets, mask, context)
+        reference = reference_log_probs(model, inputs, context)
+    want = reference.gather(2, targets.unsqueeze(2)).squeeze(2) * mask
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():
+        nothing = model.target_log_probs(inputs[1:2], targets[1:2], mask[1:2], context[1:2])
+    assert nothing.shape == (1, inputs.size(1)) and not nothing.any()
 
 
 def test_empty_context_gives_zero_context_vector():
@@ -135,6 +248,13 @@ def _code_corpus(count: int, seed: int) -> list[list[str]]:
     return dialogues
 
 
+@pytest.fixture
+def no_plots(monkeypatch):
+    """The per-epoch training plot (matplotlib) costs far more than these tiny epochs."""
+    monkeypatch.setattr(training, "plot_metrics", lambda metrics_file, image: None)
+
+
+@pytest.mark.usefixtures("no_plots")
 def test_trained_model_uses_its_context(tmp_path):
     train, test = _code_corpus(600, seed=0), _code_corpus(100, seed=1)
     config = TrainingConfig(
@@ -160,6 +280,7 @@ def test_trained_model_uses_its_context(tmp_path):
     assert result["perplexity_last_shuffled_context"] > 2 * result["perplexity_last"]
 
 
+@pytest.mark.usefixtures("no_plots")
 def test_small_model_memorises_a_tiny_corpus(tmp_path):
     dialogues = [
         ["hello there", "hi , how are you ?", "fine thanks"],

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors._safetensors_rust import SafetensorError  # missing from safetensors' stubs
 from safetensors.torch import load_file, save_file
 
 from rasa_hred.core.model import HRED, HREDConfig

@@ -30,33 +30,27 @@ step; this never does):
   language model is the same decoder with a zero context vector (HRED's context for an empty
   dialogue), run teacher-forced over all candidates in one batched pass.
 
-The per-step decoder math is fused here (``_Stepper``): the context's share of the decoder's
-input and output layers is computed once per reply instead of at every step, and on the CPU
-the weights are prepacked for oneDNN (cached per model, repacked when a weight changes). On
-first use with a model the fused step is checked against ``HRED.decode_step``; should they
-ever differ (a changed model), decoding falls back to ``decode_step`` and says so in the log.
-Batches above ``MAX_ROWS`` rows (``MAX_ROWS_CPU`` on a CPU) are decoded in chunks.
+The decoder math is the model's: every step is ``HRED.start_decoding(context).step`` (the
+model's fast step, see ``rasa_hred.core.model.DecoderSteps``) and the MMI language model is
+``HRED.target_log_probs``, the teacher-forced pass training uses. This module is only the
+search. Batches above ``MAX_ROWS`` rows (``MAX_ROWS_CPU`` on a CPU) are decoded in chunks.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from rasa_hred.core.fields import check_known_keys
 from rasa_hred.core.model import HRED
 from rasa_hred.core.vocab import BOS, PAD, PLACEHOLDERS, SPECIAL_TOKENS, UNK, Vocabulary
 from rasa_hred.errors import UserError
-
-logger = logging.getLogger(__name__)
 
 METHODS = ("beam", "greedy", "sample")
 DEFAULT_BANNED: tuple[str, ...] = (UNK, PAD, BOS)
@@ -148,10 +142,7 @@ class DecodingConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DecodingConfig:
         """Build from a mapping (e.g. config.json's ``decoding``); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DecodingError(f"unknown decoding option(s): {', '.join(unknown)}")
+        check_known_keys(cls, data, "decoding option(s)", DecodingError)
         return cls(**dict(data))
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,10 +152,7 @@ class DecodingConfig:
 
     def replace(self, **overrides: Any) -> DecodingConfig:
         """A copy with ``overrides`` applied (validated; unknown names are an error)."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise DecodingError(f"unknown decoding option(s): {', '.join(unknown)}")
+        check_known_keys(type(self), overrides, "decoding option(s)", DecodingError)
         return replace(self, **overrides)
 
     @property
@@ -214,215 +202,6 @@ class Hypothesis:
     token_log_probs: list[float]
     score: float
     lm_log_prob: float | None = field(default=None, compare=False)  # MMI only
-
-
-# --- the fused decoder step ----------------------------------------------------------------
-
-_FUSED_CHECKED: weakref.WeakKeyDictionary[HRED, bool] = weakref.WeakKeyDictionary()
-
-
-_ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
-# Prepacked oneDNN weights per model, rebuilt when a source parameter changes (its data
-# pointer or in-place version counter).
-_PACKED: weakref.WeakKeyDictionary[HRED, dict[str, tuple[tuple[int, ...], Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _version_key(*sources: Tensor) -> tuple[int, ...] | None:
-    try:
-        return tuple(v for t in sources for v in (t.data_ptr(), t._version))
-    except RuntimeError:  # inference tensors keep no version counter: do not cache
-        return None
-
-
-class _Matmul:
-    """``x @ W.T (+ bias)``. On the CPU in float32 the weight is prepacked for oneDNN
-    (MKL's sgemm is several times slower for the few-row products of decoding on some
-    CPUs, AMD's among them); elsewhere it is a plain ``addmm``."""
-
-    def __init__(self, model: HRED, name: str, packed: bool, build: Any, *sources: Tensor) -> None:
-        self.packed = packed
-        if not packed:
-            self.weight = build().t()
-            return
-        cache = _PACKED.setdefault(model, {})
-        key = _version_key(*sources)
-        hit = cache.get(name)
-        if key is not None and hit is not None and hit[0] == key:
-            self.weight = hit[1]
-            return
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(build().contiguous())
-        if key is not None:
-            cache[name] = (key, self.weight)
-
-    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        """``bias`` is [out] or a per-row [R, out]."""
-        if self.packed:
-            if bias is None or bias.dim() == 1:
-                return torch.ops.mkldnn._linear_pointwise(x, self.weight, bias, "none", [], "")
-            return torch.ops.mkldnn._linear_pointwise.binary(x, bias, self.weight, None, "add")
-        if bias is None:
-            return x @ self.weight
-        return torch.addmm(bias, x, self.weight)
-
-
-class _Stepper:
-    """One decoder step for many rows, the hidden state carried by the caller.
-
-    ``HRED.decode_step`` concatenates ``[previous word; context]`` as the GRU input and
-    ``[state; context; previous word]`` as the output layer's input at every step; the
-    context halves of those products are the same at every step, so they are computed once
-    here. The GRU cell is written out (gates r, z, n in PyTorch's order).
-    """
-
-    def __init__(self, model: HRED, context: Tensor, fused: bool | None = None) -> None:
-        self.model = model
-        self.context = context
-        self.fused = _fused_ok(model) if fused is None else fused
-        if self.fused:
-            self._prepare()
-
-    def _prepare(self) -> None:
-        m, c = self.model, self.model.config
-        weight = m.embedding.weight
-        packed = (
-            _ONEDNN
-            and weight.device.type == "cpu"
-            and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-        )
-        gru = m.decoder
-        e, hd, hc = c.embedding_size, c.decoder_hidden, c.context_hidden
-        self.hidden_size = hd
-        self.layers = []
-        for layer in range(c.decoder_layers):
-            w_ih = getattr(gru, f"weight_ih_l{layer}")
-            b_ih = getattr(gru, f"bias_ih_l{layer}", None)
-            w_hh = getattr(gru, f"weight_hh_l{layer}")
-            b_hh = getattr(gru, f"bias_hh_l{layer}", None)
-            if b_hh is None:
-                b_hh = w_hh.new_zeros(w_hh.size(0))
-            if layer == 0:  # the word's share; the context's is computed once below
-                inputs = _Matmul(m, "ih0", packed, lambda w=w_ih: w[:, :e], w_ih)
-                # context's share of the first layer's input gates, input bias folded in
-                self.context_gates = F.linear(self.context, w_ih[:, e:], b_ih)
-            else:
-                inputs = _Matmul(m, f"ih{layer}", packed, lambda w=w_ih: w, w_ih)
-            hh = _Matmul(m, f"hh{layer}", packed, lambda w=w_hh: w, w_hh)
-            self.layers.append((inputs, b_ih, hh, b_hh))
-        w_out = m.output_hidden.weight  # over [state; context; previous word]
-        self.state_word = _Matmul(
-            m,
-            "out",
-            packed,
-            lambda: torch.cat([w_out[:, :hd], w_out[:, hd + hc :]], dim=1),
-            w_out,
-        )
-        self.context_out = F.linear(self.context, w_out[:, hd : hd + hc], m.output_hidden.bias)
-        self.maxout = c.maxout
-        self.vocab = _Matmul(m, "vocab", packed, lambda: m.output.weight, m.output.weight)
-        self.vocab_bias = m.output.bias
-
-    def repeat(self, times: int) -> None:
-        """Every row becomes ``times`` consecutive rows (beams of one conversation)."""
-        if times > 1:
-            rows = torch.arange(self.context.size(0), device=self.context.device)
-            self.select(rows.repeat_interleave(times))
-
-    def select(self, rows: Tensor) -> None:
-        self.context = self.context.index_select(0, rows)
-        if self.fused:
-            self.context_gates = self.context_gates.index_select(0, rows)
-            self.context_out = self.context_out.index_select(0, rows)
-
-    def initial_hidden(self) -> Tensor:
-        return self.model.initial_decoder_state(self.context)
-
-    def step(self, previous: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """[R] previous tokens, [layers, R, H] hidden -> ([R, V] float log-probs, hidden)."""
-        if not self.fused:
-            return self.model.decode_step(previous, hidden, self.context)
-        size = self.hidden_size
-        word = F.embedding(previous, self.model.embedding.weight)
-        states = []
-        x = word
-        for layer, (inputs, b_ih, hh, b_hh) in enumerate(self.layers):
-            h = hidden[layer]
-            gates_in = inputs(word, self.context_gates) if layer == 0 else inputs(x, b_ih)
-            gates_h = hh(h, b_hh)
-            rz = torch.sigmoid(gates_in[:, : 2 * size] + gates_h[:, : 2 * size])
-            r, z = rz.chunk(2, dim=1)
-            n = torch.tanh(torch.addcmul(gates_in[:, 2 * size :], r, gates_h[:, 2 * size :]))
-            x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
-            states.append(x)
-        out = self.state_word(torch.cat([x, word], dim=1), self.context_out)
-        if self.maxout:
-            out = out.view(out.size(0), -1, 2).amax(-1)
-        else:
-            out = torch.tanh(out)
-        logits = self.vocab(out, self.vocab_bias)
-        new_hidden = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
-        return F.log_softmax(logits.float(), dim=-1), new_hidden
-
-
-def _fused_ok(model: HRED) -> bool:
-    """Whether the fused step reproduces ``model.decode_step`` (checked once per model)."""
-    known = _FUSED_CHECKED.get(model)
-    if known is not None:
-        return known
-    ok = False
-    try:
-        with torch.inference_mode(), _eval_mode(model), _autocast_off(model):
-            ok = _check_fused(model)
-    except Exception as error:  # any mismatch in structure: use the model's own step
-        logger.debug("fused decoder step unavailable: %s", error)
-    if not ok:
-        logger.warning(
-            "decoding: the fused decoder step does not match %s.decode_step; using the "
-            "model's step (correct, slower)",
-            type(model).__name__,
-        )
-    _FUSED_CHECKED[model] = ok
-    return ok
-
-
-def _check_fused(model: HRED) -> bool:
-    c = model.config
-    device = model.embedding.weight.device
-    generator = torch.Generator(device="cpu").manual_seed(1234)
-    context = torch.randn(3, c.context_hidden, generator=generator).to(device)
-    previous = torch.randint(0, c.vocab_size, (3,), generator=generator).to(device)
-    reference = _Stepper(model, context, fused=False)
-    fused = _Stepper(model, context, fused=True)
-    hidden = reference.initial_hidden()
-    want, want_hidden = reference.step(previous, hidden)
-    got, got_hidden = fused.step(previous, hidden)
-    want2, _ = reference.step(previous.flip(0), want_hidden)
-    got2, _ = fused.step(previous.flip(0), got_hidden)
-    tolerance = 1e-3 if model.embedding.weight.dtype == torch.float32 else 5e-2
-    return all(
-        a.shape == b.shape and torch.allclose(a.float(), b.float(), atol=tolerance, rtol=1e-3)
-        for a, b in ((want, got), (want_hidden, got_hidden), (want2, got2))
-    )
-
-
-@contextlib.contextmanager
-def _autocast_off(model: HRED) -> Iterator[None]:
-    device_type = model.embedding.weight.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        yield
-
-
-@contextlib.contextmanager
-def _eval_mode(model: HRED) -> Iterator[None]:
-    """Decoding never runs dropout (the seed generated through its training path)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 # --- masks --------------------------------------------------------------------------------
@@ -520,9 +299,9 @@ def _beam_search(
     device = context.device
     num_items, beams, vocab = context.size(0), config.beam_size, c.vocab_size
     max_length = masker.max_length
-    stepper = _Stepper(model, context)
-    stepper.repeat(beams)
-    hidden = stepper.initial_hidden()
+    decoder = model.start_decoding(context)
+    decoder.repeat(beams)
+    hidden = decoder.initial_hidden()
     rows_total = num_items * beams
     previous = torch.full((rows_total,), c.bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(num_items, beams, device=device)
@@ -541,7 +320,7 @@ def _beam_search(
     beam_index = torch.arange(beams, device=device)
     for step in range(max_length):
         live = items.size(0)
-        log_probs, hidden = stepper.step(previous, hidden)
+        log_probs, hidden = decoder.step(previous, hidden)
         masker(log_probs, history[:, :step], step)
         # Each beam's best `per_row` tokens hold every candidate of the item's best
         # `per_row` (per_row = 2K when </s> may end a hypothesis, else K).
@@ -626,7 +405,7 @@ def _beam_search(
             history, history_lps = history[kept_rows], history_lps[kept_rows]
             previous = previous[kept_rows]
             hidden = hidden.index_select(1, kept_rows)
-            stepper.select(kept_rows)
+            decoder.select(kept_rows)
     return pool.best(num_items, keep)
 
 
@@ -647,9 +426,9 @@ def _greedy_or_sample(
     device = context.device
     num_items = context.size(0)
     greedy = config.method == "greedy"
-    stepper = _Stepper(model, context)
-    stepper.repeat(samples)
-    hidden = stepper.initial_hidden()
+    decoder = model.start_decoding(context)
+    decoder.repeat(samples)
+    hidden = decoder.initial_hidden()
     rows_total = num_items * samples
     items = torch.arange(num_items, device=device).repeat_interleave(samples)
     previous = torch.full((rows_total,), c.bos_id, dtype=torch.long, device=device)
@@ -660,7 +439,7 @@ def _greedy_or_sample(
     lp = config.length_normaliser
     max_length = masker.max_length
     for step in range(max_length):
-        log_probs, hidden = stepper.step(previous, hidden)
+        log_probs, hidden = decoder.step(previous, hidden)
         eos_lp = log_probs[:, c.eos_id].clone()
         masker(log_probs, history, step)
         if greedy:
@@ -696,7 +475,7 @@ def _greedy_or_sample(
             items, totals = items[kept], totals[kept]
             history, history_lps, previous = history[kept], history_lps[kept], previous[kept]
             hidden = hidden.index_select(1, kept)
-            stepper.select(kept)
+            decoder.select(kept)
     return pool.best(num_items, samples)
 
 
@@ -748,22 +527,18 @@ def lm_log_probs(model: HRED, sequences: Sequence[Sequence[int]], max_tokens: in
         return torch.zeros(0, device=device)
     cut = [list(s[:max_tokens]) for s in sequences]
     width = max(1, max(len(s) for s in cut))
-    inputs = torch.full((len(cut), width), c.pad_id, dtype=torch.long, device=device)
-    targets = torch.full((len(cut), width), c.pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(cut), width), dtype=torch.bool, device=device)
+    inputs = torch.full((len(cut), width), c.pad_id, dtype=torch.long)
+    targets = torch.full((len(cut), width), c.pad_id, dtype=torch.long)
     for i, seq in enumerate(cut):
-        if not seq:
-            continue
-        row = [c.bos_id, *seq[:-1]]
-        inputs[i, : len(row)] = torch.tensor(row, device=device)
-        targets[i, : len(seq)] = torch.tensor(seq, device=device)
-        mask[i, : len(seq)] = True
+        if seq:
+            inputs[i, : len(seq)] = torch.tensor([c.bos_id, *seq[:-1]])
+            targets[i, : len(seq)] = torch.tensor(seq)
+    lengths = torch.tensor([len(seq) for seq in cut])
+    mask = torch.arange(width) < lengths.unsqueeze(1)
     context = torch.zeros(len(cut), c.context_hidden, device=device)
-    states, _ = model.run_decoder(inputs, context)
-    steps = context.unsqueeze(1).expand(-1, width, -1)
-    logits = model.output_logits(states, steps, inputs)
-    lps = F.log_softmax(logits.float(), dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)
-    return (lps * mask).sum(dim=1)
+    return model.target_log_probs(
+        inputs.to(device), targets.to(device), mask.to(device), context
+    ).sum(dim=1)
 
 
 def mmi_rerank(
@@ -807,7 +582,6 @@ def decode(
     chunk = max(1, max_rows // width)
     results: list[list[Hypothesis]] = []
     with torch.inference_mode(), _eval_mode(model):
-        _fused_ok(model)  # check (once) outside any chunk's timing
         for start in range(0, len(contexts), chunk):
             part = [[list(u) for u in ctx] for ctx in contexts[start : start + chunk]]
             vectors = model.context_vectors(part)
@@ -819,6 +593,17 @@ def decode(
                 found = _apply_mmi(model, found, config)
             results.extend(hyps[: config.n_best] for hyps in found)
     return results
+
+
+@contextlib.contextmanager
+def _eval_mode(model: HRED) -> Iterator[None]:
+    """Decoding never runs dropout (the seed generated through its training path)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _apply_mmi(

@@ -1,8 +1,9 @@
 """The hierarchical recurrent encoder-decoder (Serban et al., AAAI 2016).
 
-Read top to bottom: the config, the batch layout, then the three GRUs in forward order
-(utterance encoder -> context encoder -> decoder), the loss, and the single-step decoding API
-that beam search and sampling build on.
+Read top to bottom: the config, the batch layout, the column layout of the decoder's two
+concatenated inputs, then the three GRUs in forward order (utterance encoder -> context
+encoder -> decoder), the loss and the one teacher-forced pass, and the step-by-step decoding
+API (``start_decoding``) that beam search and sampling build on.
 
 Every utterance is stored as ``<s> w1 .. wn </s>``. Turn ``t >= 1`` of a dialogue is decoded
 from the context state after turns ``0..t-1``; the decoder input is the utterance without its
@@ -13,15 +14,20 @@ last token and the target is the utterance without its first, so the prediction 
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from rasa_hred.core.fields import check_known_keys
+
 LossOn = Literal["all", "last"]
+T = TypeVar("T")
 
 
 @dataclass
@@ -47,10 +53,7 @@ class HREDConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HREDConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        check_known_keys(cls, data, "model config keys", ValueError)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +95,32 @@ class DialogueBatch:
         return int(self.lengths.sum())
 
 
+@dataclass(frozen=True)
+class _Columns:
+    """Named column blocks of a layer whose input is a concatenation. The field order is the
+    column order: concatenating the inputs and splitting the weight both follow it."""
+
+    def in_order(self) -> list[Any]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+@dataclass(frozen=True)
+class DecoderInput(_Columns, Generic[T]):
+    """What the decoder GRU reads at every step (the columns of ``decoder.weight_ih_l0``)."""
+
+    word: T  # the previous word's embedding
+    context: T
+
+
+@dataclass(frozen=True)
+class OutputInput(_Columns, Generic[T]):
+    """What the output layer reads (the columns of ``output_hidden.weight``)."""
+
+    state: T  # the decoder's last layer
+    context: T
+    word: T  # the previous word's embedding
+
+
 class Dropout(nn.Module):
     """Inverted dropout from a uniform mask: on CPUs ``rand >= p`` is several times faster
     than the Bernoulli kernel behind ``nn.Dropout`` (same distribution)."""
@@ -130,19 +159,19 @@ class HRED(nn.Module):
             batch_first=True,
             dropout=c.dropout if c.context_layers > 1 else 0.0,
         )
-        # 3. decoder: initial state tanh(W c), sees [previous word; c] at every step
+        # 3. decoder: initial state tanh(W c), reads the previous word and c at every step
         self.decoder_init = nn.Linear(c.context_hidden, c.decoder_layers * c.decoder_hidden)
         self.decoder = nn.GRU(
-            c.embedding_size + c.context_hidden,
+            sum(self.decoder_input_sizes().in_order()),
             c.decoder_hidden,
             num_layers=c.decoder_layers,
             batch_first=True,
             dropout=c.dropout if c.decoder_layers > 1 else 0.0,
         )
-        # output layer over [decoder state; context; previous word embedding]
+        # output layer over the decoder state, the context and the previous word
         pieces = 2 if c.maxout else 1
         self.output_hidden = nn.Linear(
-            c.decoder_hidden + c.context_hidden + c.embedding_size, pieces * c.embedding_size
+            sum(self.output_input_sizes().in_order()), pieces * c.embedding_size
         )
         self.output = nn.Linear(c.embedding_size, c.vocab_size, bias=True)
         if c.tie_embeddings:
@@ -164,6 +193,44 @@ class HRED(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # --- the decoder's two concatenated inputs --------------------------------------------
+    # The teacher-forced pass concatenates the inputs; ``DecoderSteps`` splits the weights
+    # instead (to compute the context's share once per reply). Both go through DecoderInput
+    # and OutputInput, so they cannot disagree about the column order.
+
+    def decoder_input_sizes(self) -> DecoderInput[int]:
+        c = self.config
+        return DecoderInput(word=c.embedding_size, context=c.context_hidden)
+
+    def output_input_sizes(self) -> OutputInput[int]:
+        c = self.config
+        return OutputInput(state=c.decoder_hidden, context=c.context_hidden, word=c.embedding_size)
+
+    def decoder_input_weights(self) -> DecoderInput[Tensor]:
+        """The first decoder layer's input weights as word and context column blocks (views)."""
+        weight = self.decoder.all_weights[0][0]  # weight_ih_l0
+        return DecoderInput(*weight.split(self.decoder_input_sizes().in_order(), dim=1))
+
+    def output_input_weights(self) -> OutputInput[Tensor]:
+        """``output_hidden.weight`` as state, context and word column blocks (views)."""
+        weight = self.output_hidden.weight
+        return OutputInput(*weight.split(self.output_input_sizes().in_order(), dim=1))
+
+    def decoder_input(self, word: Tensor, context: Tensor) -> Tensor:
+        return torch.cat(DecoderInput(word=word, context=context).in_order(), dim=-1)
+
+    def output_logits(self, decoder_state: Tensor, context: Tensor, previous: Tensor) -> Tensor:
+        """Logits from the decoder state, context and previous word (rows are positions)."""
+        parts = OutputInput(state=decoder_state, context=context, word=self.embedding(previous))
+        hidden = self.output_hidden(self.dropout(torch.cat(parts.in_order(), dim=-1)))
+        return self.output(self.dropout(self.output_activation(hidden)))
+
+    def output_activation(self, hidden: Tensor) -> Tensor:
+        """Maxout over pairs of units (the paper's), or tanh when ``maxout`` is off."""
+        if self.config.maxout:
+            return hidden.view(*hidden.shape[:-1], -1, 2).amax(-1)
+        return torch.tanh(hidden)
 
     # --- encoding -------------------------------------------------------------------------
 
@@ -192,121 +259,6 @@ class HRED(nn.Module):
         states, _ = self.context_encoder(grid)
         return states
 
-    # --- training forward ---------------------------------------------------------------
-
-    def forward(
-        self, batch: DialogueBatch, loss_on: LossOn | None = None, sampling_prob: float = 0.0
-    ) -> dict[str, Tensor]:
-        """Summed negative log-likelihood of every modelled token, and their count.
-
-        Returns ``loss_sum``, ``tokens`` (modelled) and ``correct`` (argmax hits under teacher
-        forcing, for the paper's error rate; counted in eval mode only); divide for means.
-        Padding is never modelled: the output layer runs on real target positions only.
-
-        ``sampling_prob`` > 0 turns on scheduled sampling (Bengio et al. 2015) in its
-        two-pass form: a teacher-forced pass predicts every position, then each input word
-        after ``<s>`` is replaced by the model's prediction with that probability (a uniform
-        coin per token) and the loss is taken on a second pass.
-        """
-        c = self.config
-        context, targets_rows = self._decoder_context(batch, loss_on or c.loss_on)
-        target_utts = batch.utterances[targets_rows.to(batch.utterances.device)]
-        target_lengths = batch.lengths[targets_rows]
-        width = int(target_lengths.max())
-        inputs, targets = target_utts[:, : width - 1], target_utts[:, 1:width]
-        mask = targets != c.pad_id
-        if sampling_prob > 0.0:
-            inputs = self._sample_inputs(inputs, targets, mask, context, sampling_prob)
-        logits = self._target_logits(inputs, mask, context)
-        gold = targets[mask]
-        loss_sum = F.cross_entropy(logits.float(), gold, reduction="sum")
-        # The argmax over the vocabulary is only needed for evaluation's error rate.
-        correct = (logits.argmax(-1) == gold).sum() if not self.training else gold.new_zeros(())
-        return {"loss_sum": loss_sum, "tokens": mask.sum(), "correct": correct}
-
-    def _decoder_context(self, batch: DialogueBatch, loss_on: LossOn) -> tuple[Tensor, Tensor]:
-        """Context vectors [M, Hc] of the utterances to decode, and those utterances' rows."""
-        turns, offsets = batch.turns, batch.offsets
-        # Only turns that condition a later turn are encoded: the last one never is.
-        context_rows = _rows(offsets, turns - 1)
-        targets_rows, context_of_target = _target_rows(offsets, turns, loss_on)
-        device = batch.utterances.device
-        vectors = self.encode_utterances(
-            batch.utterances[context_rows.to(device)], batch.lengths[context_rows]
-        )
-        states = self.encode_context(vectors, turns - 1)  # [B, T-1, Hc]
-        context = states.reshape(-1, states.size(-1))[context_of_target.to(device)]
-        return context, targets_rows
-
-    def token_log_probs(
-        self, batch: DialogueBatch, loss_on: LossOn = "all"
-    ) -> tuple[Tensor, Tensor]:
-        """Log-probability of every target token under teacher forcing, [M, W] with a mask.
-
-        Rows are the decoded utterances in batch order (as ``forward`` models them).
-        """
-        context, targets_rows = self._decoder_context(batch, loss_on)
-        target_utts = batch.utterances[targets_rows.to(batch.utterances.device)]
-        width = int(batch.lengths[targets_rows].max())
-        inputs, targets = target_utts[:, : width - 1], target_utts[:, 1:width]
-        mask = targets != self.config.pad_id
-        log_probs = F.log_softmax(self._target_logits(inputs, mask, context).float(), dim=-1)
-        out = torch.zeros(targets.shape, device=targets.device)
-        out[mask] = log_probs.gather(1, targets[mask].unsqueeze(1)).squeeze(1)
-        return out, mask
-
-    def _target_logits(self, inputs: Tensor, mask: Tensor, context: Tensor) -> Tensor:
-        """Teacher-forced logits at the real target positions only ([K, V]).
-
-        The decoder GRU runs packed, so padded steps cost nothing there either.
-        """
-        hidden = self.initial_decoder_state(context)
-        embedded = self.dropout(self.embedding(inputs))
-        steps = context.unsqueeze(1).expand(-1, inputs.size(1), -1)
-        packed = pack_padded_sequence(
-            torch.cat([embedded, steps], dim=-1),
-            mask.sum(1).cpu(),
-            batch_first=True,
-            enforce_sorted=False,
-        )
-        decoder_out, _ = pad_packed_sequence(self.decoder(packed, hidden)[0], batch_first=True)
-        return self.output_logits(decoder_out[mask], steps[mask], inputs[mask])
-
-    @torch.no_grad()
-    def _sample_inputs(
-        self, inputs: Tensor, targets: Tensor, mask: Tensor, context: Tensor, prob: float
-    ) -> Tensor:
-        predicted = torch.full_like(targets, self.config.pad_id)
-        predicted[mask] = self._target_logits(inputs, mask, context).argmax(-1)
-        # Input position k + 1 holds target k; it is a real word where target k + 1 is real.
-        coin = torch.rand(targets.shape, device=targets.device) < prob
-        replace = coin[:, :-1] & mask[:, 1:]
-        sampled = inputs.clone()
-        sampled[:, 1:][replace] = predicted[:, :-1][replace]
-        return sampled
-
-    def run_decoder(
-        self, inputs: Tensor, context: Tensor, hidden: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Teacher-forced decoder over [M, L] inputs with one context vector per row."""
-        if hidden is None:
-            hidden = self.initial_decoder_state(context)
-        embedded = self.dropout(self.embedding(inputs))
-        steps = context.unsqueeze(1).expand(-1, inputs.size(1), -1)
-        return self.decoder(torch.cat([embedded, steps], dim=-1), hidden)
-
-    def output_logits(self, decoder_state: Tensor, context: Tensor, previous: Tensor) -> Tensor:
-        """Logits from [decoder state; context; previous word] (rows are positions)."""
-        features = torch.cat([decoder_state, context, self.embedding(previous)], dim=-1)
-        hidden = self.output_hidden(self.dropout(features))
-        if self.config.maxout:
-            hidden = hidden.view(*hidden.shape[:-1], -1, 2).amax(-1)
-        else:
-            hidden = torch.tanh(hidden)
-        return self.output(self.dropout(hidden))
-
-    # --- inference API (decoding.py builds beam search and sampling on this) -----------
-
     def context_vectors(self, contexts: list[list[list[int]]]) -> Tensor:
         """Token-id contexts (each a list of ``<s> .. </s>`` utterances) -> [B, Hc].
 
@@ -331,16 +283,258 @@ class HRED(nn.Module):
         state = torch.tanh(self.decoder_init(context))
         return state.view(-1, c.decoder_layers, c.decoder_hidden).transpose(0, 1).contiguous()
 
-    def decode_step(
-        self, previous: Tensor, hidden: Tensor, context: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """One decoder step for [B] previous tokens: (log-probabilities [B, V], new hidden).
+    # --- teacher forcing: training, evaluation, scoring -----------------------------------
 
-        The hidden state is carried forward, so decoding never re-runs the prefix.
+    def forward(
+        self, batch: DialogueBatch, loss_on: LossOn | None = None, sampling_prob: float = 0.0
+    ) -> dict[str, Tensor]:
+        """Summed negative log-likelihood of every modelled token, and their count.
+
+        Returns ``loss_sum``, ``tokens`` (modelled) and ``correct`` (argmax hits under teacher
+        forcing, for the paper's error rate; counted in eval mode only); divide for means.
+        Padding is never modelled: the output layer runs on real target positions only.
+
+        ``sampling_prob`` > 0 turns on scheduled sampling (Bengio et al. 2015) in its
+        two-pass form: a teacher-forced pass predicts every position, then each input word
+        after ``<s>`` is replaced by the model's prediction with that probability (a uniform
+        coin per token) and the loss is taken on a second pass.
         """
-        out, hidden = self.run_decoder(previous.unsqueeze(1), context, hidden)
-        logits = self.output_logits(out[:, 0], context, previous)
-        return F.log_softmax(logits.float(), dim=-1), hidden
+        context, utterances = self._decoded_utterances(batch, loss_on or self.config.loss_on)
+        inputs, targets, mask = self._shift(utterances)
+        if sampling_prob > 0.0:
+            inputs = self._sample_inputs(inputs, targets, mask, context, sampling_prob)
+        logits = self.teacher_forced_logits(inputs, mask, context)
+        gold = targets[mask]
+        loss_sum = F.cross_entropy(logits.float(), gold, reduction="sum")
+        # The argmax over the vocabulary is only needed for evaluation's error rate.
+        correct = (logits.argmax(-1) == gold).sum() if not self.training else gold.new_zeros(())
+        return {"loss_sum": loss_sum, "tokens": mask.sum(), "correct": correct}
+
+    def token_log_probs(
+        self, batch: DialogueBatch, loss_on: LossOn = "all"
+    ) -> tuple[Tensor, Tensor]:
+        """Log-probability of every target token under teacher forcing, [M, W] with a mask.
+
+        Rows are the decoded utterances in batch order (as ``forward`` models them).
+        """
+        context, utterances = self._decoded_utterances(batch, loss_on)
+        inputs, targets, mask = self._shift(utterances)
+        return self.target_log_probs(inputs, targets, mask, context), mask
+
+    def target_log_probs(
+        self, inputs: Tensor, targets: Tensor, mask: Tensor, context: Tensor
+    ) -> Tensor:
+        """log p(``targets``) under teacher forcing, [M, W]; 0 where ``mask`` is False.
+
+        Decoding's MMI pass scores replies with it (a zero context: the language model)."""
+        logits = self.teacher_forced_logits(inputs, mask, context)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        out = torch.zeros(targets.shape, device=targets.device)
+        out[mask] = log_probs.gather(1, targets[mask].unsqueeze(1)).squeeze(1)
+        return out
+
+    def teacher_forced_logits(self, inputs: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        """Logits [K, V] at the K real target positions (``mask``, a prefix of each row) of
+        [M, W] decoder ``inputs`` (``<s>`` and the words so far), row m decoded from
+        ``context[m]``. The decoder runs packed, so padded steps cost nothing."""
+        lengths = mask.sum(1).cpu()
+        if not bool(lengths.all()):  # rows with nothing to predict cannot be packed
+            rows = lengths.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                return context.new_zeros(0, self.config.vocab_size)
+            lengths, device_rows = lengths[rows], rows.to(inputs.device)
+            inputs, mask, context = inputs[device_rows], mask[device_rows], context[device_rows]
+        hidden = self.initial_decoder_state(context)
+        embedded = self.dropout(self.embedding(inputs))
+        steps = context.unsqueeze(1).expand(-1, inputs.size(1), -1)
+        packed = pack_padded_sequence(
+            self.decoder_input(embedded, steps), lengths, batch_first=True, enforce_sorted=False
+        )
+        decoder_out, _ = pad_packed_sequence(self.decoder(packed, hidden)[0], batch_first=True)
+        return self.output_logits(decoder_out[mask], steps[mask], inputs[mask])
+
+    def _decoded_utterances(self, batch: DialogueBatch, loss_on: LossOn) -> tuple[Tensor, Tensor]:
+        """The utterances to decode [M, W] (trimmed to the longest) and their context vectors
+        [M, Hc], in batch order."""
+        turns, offsets = batch.turns, batch.offsets
+        # Only turns that condition a later turn are encoded: the last one never is.
+        context_rows = _rows(offsets, turns - 1)
+        targets_rows, context_of_target = _target_rows(offsets, turns, loss_on)
+        device = batch.utterances.device
+        vectors = self.encode_utterances(
+            batch.utterances[context_rows.to(device)], batch.lengths[context_rows]
+        )
+        states = self.encode_context(vectors, turns - 1)  # [B, T-1, Hc]
+        context = states.reshape(-1, states.size(-1))[context_of_target.to(device)]
+        width = int(batch.lengths[targets_rows].max())
+        return context, batch.utterances[targets_rows.to(device), :width]
+
+    def _shift(self, utterances: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Decoder inputs, targets and the mask of real targets from ``<s> .. </s>`` rows."""
+        inputs, targets = utterances[:, :-1], utterances[:, 1:]
+        return inputs, targets, targets != self.config.pad_id
+
+    @torch.no_grad()
+    def _sample_inputs(
+        self, inputs: Tensor, targets: Tensor, mask: Tensor, context: Tensor, prob: float
+    ) -> Tensor:
+        predicted = torch.full_like(targets, self.config.pad_id)
+        predicted[mask] = self.teacher_forced_logits(inputs, mask, context).argmax(-1)
+        # Input position k + 1 holds target k; it is a real word where target k + 1 is real.
+        coin = torch.rand(targets.shape, device=targets.device) < prob
+        replace = coin[:, :-1] & mask[:, 1:]
+        sampled = inputs.clone()
+        sampled[:, 1:][replace] = predicted[:, :-1][replace]
+        return sampled
+
+    # --- step-by-step decoding (decoding.py builds beam search and sampling on this) -------
+
+    def start_decoding(self, context: Tensor) -> DecoderSteps:
+        """Decode one token at a time from [R, Hc] context vectors (see ``DecoderSteps``)."""
+        return DecoderSteps(self, context)
+
+
+class DecoderSteps:
+    """The decoder one step at a time for R rows, the hidden state carried by the caller, so
+    a prefix is never fed again. Inference only (no dropout).
+
+    It computes what the teacher-forced pass computes, rearranged for speed: the context's
+    share of the first GRU layer's input gates and of the output layer is the same at every
+    step, so it is computed once here from the weights' context column blocks; the GRU cell
+    is written out (gates r, z, n in PyTorch's order); on a CPU in float32 the weights are
+    prepacked for oneDNN.
+    """
+
+    def __init__(self, model: HRED, context: Tensor) -> None:
+        c = model.config
+        weight = model.embedding.weight
+        packed = (
+            _ONEDNN
+            and weight.device.type == "cpu"
+            and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+        )
+        self.embedding = weight
+        self.hidden_size = c.decoder_hidden
+        self.activation = model.output_activation
+        self._initial_state = model.initial_decoder_state
+        self.context = context
+        gru = model.decoder
+        first = model.decoder_input_weights()
+        self.layers: list[tuple[_Matmul, Tensor, _Matmul, Tensor]] = []
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(gru.all_weights):
+            if layer == 0:
+                # the context's share of the input gates (input bias folded in) is per reply
+                self.context_gates = F.linear(context, first.context, b_ih)
+                inputs = _Matmul(model, "ih0", packed, w_ih, build=lambda: first.word)
+            else:
+                inputs = _Matmul(model, f"ih{layer}", packed, w_ih)
+            hh = _Matmul(model, f"hh{layer}", packed, w_hh)
+            self.layers.append((inputs, b_ih, hh, b_hh))
+        out = model.output_input_weights()
+        self.context_out = F.linear(context, out.context, model.output_hidden.bias)
+        # The state and the word go through one product: [state, word] @ [W_state, W_word].T
+        self.state_and_word = _Matmul(
+            model,
+            "out",
+            packed,
+            model.output_hidden.weight,
+            build=lambda: torch.cat([out.state, out.word], dim=1),
+        )
+        self.vocab = _Matmul(model, "vocab", packed, model.output.weight)
+        self.vocab_bias = model.output.bias
+
+    def repeat(self, times: int) -> None:
+        """Every row becomes ``times`` consecutive rows (the beams of one conversation)."""
+        if times > 1:
+            rows = torch.arange(self.context.size(0), device=self.context.device)
+            self.select(rows.repeat_interleave(times))
+
+    def select(self, rows: Tensor) -> None:
+        """Keep (and reorder, or repeat) the given rows."""
+        self.context = self.context.index_select(0, rows)
+        self.context_gates = self.context_gates.index_select(0, rows)
+        self.context_out = self.context_out.index_select(0, rows)
+
+    def initial_hidden(self) -> Tensor:
+        """[layers, R, Hd]: the decoder's state before ``<s>``."""
+        return self._initial_state(self.context)
+
+    def step(self, previous: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """[R] previous tokens, [layers, R, Hd] hidden -> ([R, V] float log-probs, hidden)."""
+        size = self.hidden_size
+        word = F.embedding(previous, self.embedding)
+        states = []
+        x = word
+        for layer, (inputs, b_ih, hh, b_hh) in enumerate(self.layers):
+            h = hidden[layer]
+            gates_in = inputs(word, self.context_gates) if layer == 0 else inputs(x, b_ih)
+            gates_h = hh(h, b_hh)
+            rz = torch.sigmoid(gates_in[:, : 2 * size] + gates_h[:, : 2 * size])
+            r, z = rz.chunk(2, dim=1)
+            n = torch.tanh(torch.addcmul(gates_in[:, 2 * size :], r, gates_h[:, 2 * size :]))
+            x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
+            states.append(x)
+        out = self.state_and_word(torch.cat([x, word], dim=1), self.context_out)
+        logits = self.vocab(self.activation(out), self.vocab_bias)
+        new_hidden = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
+        return F.log_softmax(logits.float(), dim=-1), new_hidden
+
+
+_ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+# oneDNN-prepacked weights per model: name -> (key of the source parameters, packed weight).
+# The key (data pointers and in-place version counters) changes when a weight is loaded,
+# trained or moved, and the weight is then packed again.
+_PACKED: weakref.WeakKeyDictionary[HRED, dict[str, tuple[tuple[int, ...], Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _Matmul:
+    """``x @ W.T (+ bias)``. On the CPU in float32 ``W`` is prepacked for oneDNN (MKL's sgemm
+    is several times slower for the few-row products of decoding on some CPUs, AMD's among
+    them); elsewhere it is a plain ``addmm``. ``W`` is the parameter ``source``, or what
+    ``build`` makes from it (called only when ``W`` is not in the cache)."""
+
+    def __init__(
+        self,
+        model: HRED,
+        name: str,
+        packed: bool,
+        source: Tensor,
+        build: Callable[[], Tensor] | None = None,
+    ) -> None:
+        self.packed = packed
+        build = build or (lambda: source)
+        if not packed:
+            self.weight = build().t()
+            return
+        cache = _PACKED.setdefault(model, {})
+        key = _version_key(source)
+        hit = cache.get(name)
+        if key is not None and hit is not None and hit[0] == key:
+            self.weight = hit[1]
+            return
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(build().contiguous())
+        if key is not None:
+            cache[name] = (key, self.weight)
+
+    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``bias`` is [out] or a per-row [R, out]."""
+        if self.packed:
+            if bias is None or bias.dim() == 1:
+                return torch.ops.mkldnn._linear_pointwise(x, self.weight, bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise.binary(x, bias, self.weight, None, "add")
+        if bias is None:
+            return x @ self.weight
+        return torch.addmm(bias, x, self.weight)
+
+
+def _version_key(source: Tensor) -> tuple[int, ...] | None:
+    try:
+        return (source.data_ptr(), source._version)
+    except RuntimeError:  # inference tensors keep no version counter: do not cache
+        return None
 
 
 def _rows(offsets: Tensor, counts: Tensor) -> Tensor:
