@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, RASA_ENV, free_port, rasa_server, rasa_train, write_demo_project
 from prometheus_client.parser import text_string_to_metric_families
+from support import BIN, RASA_ENV
+from support.models import rasa_train, write_demo_project
+from support.servers import free_port, rasa_server
 
 from rasa_hred.integration.context import dialogue_context
 from rasa_hred.serving.generator import ResponseGenerator

@@ -1,4 +1,4 @@
-"""The NLG server (rasa_hred.nlg_server.app): Rasa's NLG protocol driven by Rasa's own client,
+"""The NLG server (rasa_hred.nlg_server): Rasa's NLG protocol driven by Rasa's own client,
 bad input, auth, body limits, concurrency with micro-batching, archives and SIGTERM.
 
 Everything runs for real: a Sanic server on a free 127.0.0.1 port in the test's event loop
@@ -28,7 +28,6 @@ import aiohttp
 import pytest
 import torch
 import yaml
-from conftest import BIN, RASA_ENV, REPO, free_port, running
 from prometheus_client.parser import text_string_to_metric_families
 from rasa.core.actions.action import ActionBotResponse
 from rasa.core.channels.channel import CollectingOutputChannel
@@ -45,10 +44,19 @@ from rasa.shared.core.events import (
 from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
 from rasa.utils.endpoints import EndpointConfig
 from sanic import Sanic
+from support import BIN, RASA_ENV, REPO
+from support.servers import free_port, running
 
 from rasa_hred.errors import UserError
+from rasa_hred.integration.archive import extract_policy_model
 from rasa_hred.integration.context import dialogue_context
-from rasa_hred.nlg_server.app import create_app, extract_policy_model, nlg_config_command
+from rasa_hred.nlg_server.app import create_app
+from rasa_hred.nlg_server.command import (
+    ServeOptions,
+    build_generator,
+    resolve_settings,
+    write_nlg_config,
+)
 from rasa_hred.serving.generator import ResponseGenerator
 
 MAX_HISTORY = 10
@@ -574,12 +582,9 @@ def test_a_linked_model_file_is_refused(tiny_hred, tmp_path):
 
 
 def test_nlg_config_switches_the_policy_to_the_server(tiny_hred, tmp_path):
-    import argparse
-
     archive = make_archive(tmp_path / "demo.tar.gz", tiny_hred, {"max_history": 6})
     out = tmp_path / "nlg"
-    args = argparse.Namespace(archive=str(archive), config=str(REPO / "config.yml"), out=str(out))
-    assert nlg_config_command(args) == 0
+    assert write_nlg_config(archive, REPO / "config.yml", out) == out / "config.yml"
     config = yaml.safe_load((out / "config.yml").read_text())
     original = yaml.safe_load((REPO / "config.yml").read_text())
     (hred,) = [p for p in config["policies"] if p["name"] == "rasa_hred.HREDPolicy"]
@@ -589,11 +594,44 @@ def test_nlg_config_switches_the_policy_to_the_server(tiny_hred, tmp_path):
     assert ResponseGenerator.load(out / "hred", device="cpu").vocabulary
 
 
+def test_the_server_generates_with_the_archived_policys_settings(tiny_hred, tmp_path):
+    """From an archive, the generator is the one HREDPolicy.load builds (its max_history and
+    decoding), and the policy's own response names are answered."""
+    policy = {
+        "max_history": 4,
+        "decoding": {"beam_size": 3, "max_length": 12},
+        "response": "utter_chat",
+        "fallback_response": "utter_sorry",
+    }
+    archive = make_archive(tmp_path / "demo.tar.gz", tiny_hred, policy)
+    options = ServeOptions(model=archive, device="cpu", decoding={"max_length": 9})
+    settings = resolve_settings(options, tmp_path / "scratch")
+    assert settings.responses == ["utter_chat"] and settings.fallback_response == "utter_sorry"
+    assert settings.max_history == 4 and settings.model_name == "demo"
+    generator = build_generator(options, settings)
+    try:
+        assert generator.max_turns == 4
+        assert generator.decoding.beam_size == 3  # the policy's decoding
+        assert generator.decoding.max_length == 9  # the server's override on top
+        assert generator.batching is True
+    finally:
+        generator.close()
+
+
+def test_a_bad_decoding_config_in_the_archive_is_a_user_error(tiny_hred, tmp_path):
+    archive = make_archive(tmp_path / "demo.tar.gz", tiny_hred, {"decoding": {"beams": 3}})
+    options = ServeOptions(model=archive, device="cpu")
+    settings = resolve_settings(options, tmp_path / "scratch")
+    with pytest.raises(UserError, match=r"unknown decoding option.*beams"):
+        build_generator(options, settings)
+
+
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_request_in_flight_finish(tiny_hred, tmp_path):
     """`rasa-hred serve` from an archive (domain and max_history from it); a slow request
     (beam 64, 600 forced tokens) is in flight when SIGTERM arrives: it still gets its 200,

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import rasa_train
 from rasa.core.agent import Agent
 from rasa.core.policies.policy import PolicyPrediction
 from rasa.engine.graph import ExecutionContext
@@ -23,9 +22,11 @@ from rasa.shared.core.events import (
 from rasa.shared.core.generator import TrackerWithCachedStates
 from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.utils.endpoints import EndpointConfig
+from support.models import rasa_train
 
 from rasa_hred.core.checkpoint import load_model
-from rasa_hred.core.training import TrainingConfig, train_model
+from rasa_hred.core.training import TrainingConfig
+from rasa_hred.integration import registry
 from rasa_hred.integration.nlg import HREDTemplatedNLG
 from rasa_hred.integration.policy import (
     HREDPolicy,
@@ -33,6 +34,7 @@ from rasa_hred.integration.policy import (
     story_dialogues,
     trigger_confidence,
 )
+from rasa_hred.jobs import train_on_corpus
 from rasa_hred.serving.generator import ResponseGenerator
 
 DOMAIN = Domain.from_yaml(
@@ -73,13 +75,13 @@ def user(text: str, intent: str, confidence: float = 0.9) -> list:
 
 
 class FixedGenerator:
-    def __init__(self, reply="a generated reply", fail=False):
-        self.reply, self.fail, self.contexts = reply, fail, []
+    def __init__(self, reply="a generated reply", fail=False, error=RuntimeError):
+        self.reply, self.fail, self.error, self.contexts = reply, fail, error, []
 
     def generate(self, contexts):
         self.contexts.extend(contexts)
         if self.fail:
-            raise RuntimeError("boom")
+            raise self.error("boom")
         from rasa_hred.serving.generator import Reply
 
         return [Reply(self.reply, self.reply.split(), -1.0, [-1.0], -1.0) for _ in contexts]
@@ -135,9 +137,7 @@ def test_trigger_confidence_rules():
 
 @pytest.mark.parametrize("mode", ["nlg_server", "in_nlg"])
 def test_nlg_modes_predict_without_generating(tmp_path, mode, monkeypatch):
-    from rasa_hred.integration import policy as policy_module
-
-    monkeypatch.setattr(policy_module, "NLG_RENDERERS", {"utter_hred"})
+    monkeypatch.setattr(registry, "NLG_RENDERERS", {"utter_hred"})
     generator = FixedGenerator()
     policy = make_policy(tmp_path, generator, generate=mode)
     prediction = policy.predict_action_probabilities(
@@ -156,6 +156,18 @@ def test_generation_error_falls_back_to_the_configured_response(tmp_path, caplog
     assert "generation failed" in caplog.text
 
 
+def test_a_programming_error_in_generation_is_raised_not_hidden(tmp_path):
+    policy = make_policy(tmp_path, FixedGenerator(fail=True, error=AttributeError))
+    with pytest.raises(AttributeError):
+        policy.predict_action_probabilities(tracker_after(*user("hm", "chitchat")), DOMAIN)
+
+
+def test_predicting_without_a_model_is_a_clear_error(tmp_path):
+    policy = make_policy(tmp_path)  # neither trained nor loaded
+    with pytest.raises(HREDPolicyError, match="train or load"):
+        policy.predict_action_probabilities(tracker_after(*user("hm", "chitchat")), DOMAIN)
+
+
 def test_bad_configuration_is_refused_up_front(tmp_path):
     with pytest.raises(HREDPolicyError, match="generate"):
         make_policy(tmp_path, generate="somewhere")
@@ -166,6 +178,12 @@ def test_bad_configuration_is_refused_up_front(tmp_path):
 def test_training_with_a_missing_model_directory_is_a_clear_error(tmp_path):
     policy = make_policy(tmp_path, model=str(tmp_path / "nowhere"))
     with pytest.raises(HREDPolicyError, match="no such model directory"):
+        policy.train([], DOMAIN)
+
+
+def test_an_unknown_training_option_is_a_clear_error(tmp_path):
+    policy = make_policy(tmp_path, training={"learning_rate": 0.1})
+    with pytest.raises(HREDPolicyError, match=r"unknown training option.*learning_rate"):
         policy.train([], DOMAIN)
 
 
@@ -204,9 +222,7 @@ async def test_hred_text_reaches_the_user_verbatim(text):
 
 
 def test_in_nlg_without_the_nlg_generates_in_the_policy(tmp_path, monkeypatch, caplog):
-    from rasa_hred.integration import policy as policy_module
-
-    monkeypatch.setattr(policy_module, "NLG_RENDERERS", set())  # no HREDTemplatedNLG built
+    monkeypatch.setattr(registry, "NLG_RENDERERS", set())  # no HREDTemplatedNLG built
     generator = FixedGenerator("said anyway")
     policy = make_policy(tmp_path, generator, generate="in_nlg")
     prediction = policy.predict_action_probabilities(
@@ -216,11 +232,10 @@ def test_in_nlg_without_the_nlg_generates_in_the_policy(tmp_path, monkeypatch, c
     assert "no rasa_hred.HREDTemplatedNLG is configured" in caplog.text
 
 
-def test_building_the_nlg_registers_its_response():
-    from rasa_hred.integration import nlg as rasa_nlg
-
+def test_building_the_nlg_registers_its_response(monkeypatch):
+    monkeypatch.setattr(registry, "NLG_RENDERERS", set())
     HREDTemplatedNLG(domain=DOMAIN, endpoint_config=EndpointConfig(responses=["utter_chat"]))
-    assert "utter_chat" in rasa_nlg.NLG_RENDERERS
+    assert "utter_chat" in registry.NLG_RENDERERS
 
 
 class AsyncGenerator:
@@ -237,10 +252,11 @@ class AsyncGenerator:
 
 
 async def test_nlg_generates_the_hred_response_when_it_is_said(monkeypatch, caplog):
-    from rasa_hred.integration import policy
-
     generator = AsyncGenerator("a 0[ reply")
-    monkeypatch.setitem(policy.NLG_GENERATORS, "utter_hred", (generator, 2))
+    registered = registry.NLGGenerator(
+        generator, max_turns=2, fallback_response="utter_hred_fallback"
+    )
+    monkeypatch.setitem(registry.NLG_GENERATORS, "utter_hred", registered)
     nlg = HREDTemplatedNLG(domain=DOMAIN)
     tracker = tracker_after(
         *user("one", "chitchat"),
@@ -255,6 +271,18 @@ async def test_nlg_generates_the_hred_response_when_it_is_said(monkeypatch, capl
     generator.fail = True
     fallback = await nlg.generate("utter_hred", tracker, "rest")
     assert fallback == {"text": "let's talk about movies."} and "generation failed" in caplog.text
+
+
+async def test_nlg_says_the_policys_own_fallback_response(monkeypatch):
+    domain = DOMAIN.merge(
+        Domain.from_yaml('version: "3.1"\nresponses:\n  utter_sorry: [{text: sorry}]')
+    )
+    generator = AsyncGenerator(fail=True)
+    registered = registry.NLGGenerator(generator, max_turns=2, fallback_response="utter_sorry")
+    monkeypatch.setitem(registry.NLG_GENERATORS, "utter_hred", registered)
+    nlg = HREDTemplatedNLG(domain=domain)
+    tracker = tracker_after(*user("one", "chitchat"))
+    assert await nlg.generate("utter_hred", tracker, "rest") == {"text": "sorry"}
 
 
 # --- a real Rasa bot -----------------------------------------------------------------------
@@ -280,7 +308,7 @@ def memory_bot(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory_bot")
     corpus = _memory_corpus(root / "memory.txt")
     hred = root / "hred"
-    train_model(
+    train_on_corpus(
         TrainingConfig(
             corpus=[str(corpus)],
             out=str(hred),

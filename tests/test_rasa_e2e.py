@@ -6,7 +6,8 @@ import urllib.request
 
 import pexpect
 import pytest
-from conftest import BIN, RASA_ENV, free_port, rasa_server
+from support import BIN, RASA_ENV
+from support.servers import free_port, rasa_server
 
 pytestmark = pytest.mark.slow
 

@@ -24,34 +24,30 @@ server stopped) on the same lines: the HRED's cost per user turn, on either kind
 it. The 1-minute load average is reported because other processes on the machine distort CPU
 timings.
 
-The server helpers here (:func:`rasa_run`, :func:`percentile`, :func:`load_average`) are also
-used by ``scripts/bench_alexa.py``.
+The ``rasa run`` helpers here (:func:`rasa_run`, :func:`fetch_tracker`, :func:`answered_by`)
+are also used by ``scripts/bench_alexa.py``; timing summaries come from ``bench.common``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
-import json
 import os
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator, Sequence
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from rasa_hred.bench.generate import percentile
+from rasa_hred.bench.common import free_port, load_average, summary
 from rasa_hred.errors import UserError
+from rasa_hred.integration.names import POLICY_CLASS, RESPONSE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +60,7 @@ HRED_LINES = (
     "what's the saddest film ever made?",
 )
 RULE_LINE = "hello"
-HRED_ACTION, HRED_POLICY = "utter_hred", "HREDPolicy"
+HRED_ACTION, HRED_POLICY = RESPONSE, POLICY_CLASS
 RULE_ACTION, RULE_POLICY = "utter_greet", "RulePolicy"
 
 STARTUP_TIMEOUT_S = 300.0
@@ -72,33 +68,6 @@ REQUEST_TIMEOUT_S = 60.0
 
 
 # --- helpers shared with scripts/bench_alexa.py ---------------------------------------------
-
-
-def summary(values_ms: Sequence[float]) -> dict[str, Any]:
-    """p50/p95/mean/max (ms, 2 decimals) and the count; ``None`` figures when empty."""
-    if not values_ms:
-        return {"p50_ms": None, "p95_ms": None, "mean_ms": None, "max_ms": None, "n": 0}
-    return {
-        "p50_ms": round(statistics.median(values_ms), 2),
-        "p95_ms": round(percentile(values_ms, 0.95), 2),
-        "mean_ms": round(statistics.fmean(values_ms), 2),
-        "max_ms": round(max(values_ms), 2),
-        "n": len(values_ms),
-    }
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (``None`` where the platform has none)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rasa_executable() -> str:
@@ -243,80 +212,40 @@ def _device() -> str:
         return "cpu"
 
 
-def hred_policy_node(archive: tarfile.TarFile) -> tuple[str, dict[str, Any]] | None:
-    """(resource name, full config) of the archive's HREDPolicy, or ``None``."""
-    from rasa_hred.integration.policy import HREDPolicy
-
-    member = archive.extractfile("metadata.json")
-    if member is None:
-        return None
-    metadata = json.load(member)
-    for node in metadata.get("predict_schema", {}).get("nodes", {}).values():
-        if str(node.get("uses", "")).endswith(".HREDPolicy") and node.get("resource"):
-            config = {**HREDPolicy.get_default_config(), **(node.get("config") or {})}
-            return node["resource"]["name"], config
-    return None
-
-
-def _extract_component(archive: tarfile.TarFile, resource: str, target: Path) -> Path:
-    """Extract ``components/<resource>/`` (plain files only, no path escapes) to ``target``."""
-    prefix = PurePosixPath("components", resource)
-    for member in archive.getmembers():
-        path = PurePosixPath(member.name.lstrip("/"))
-        if not member.isfile() or prefix not in path.parents:
-            continue
-        relative = path.relative_to(prefix)
-        if ".." in relative.parts:
-            continue
-        destination = target.joinpath(*relative.parts)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        source = archive.extractfile(member)
-        if source is not None:
-            destination.write_bytes(source.read())
-    return target
-
-
-def in_process_generation(model: str | Path, runs: int, warmup: int = 3) -> dict[str, Any]:
+def in_process_generation(model: Path, runs: int, warmup: int = 3) -> dict[str, Any]:
     """Time the model's own HRED generator in this process, loaded as HREDPolicy loads it,
     on the benchmark's contexts: the chit-chat lines and the rule line (one utterance each,
     as for a fresh sender). Run with the server stopped."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with tarfile.open(model) as archive, tempfile.TemporaryDirectory() as scratch:
-        found = hred_policy_node(archive)
-        if found is None:
-            return {"skipped": "no rasa_hred.HREDPolicy in the model"}
-        resource, config = found
-        policy = {
-            "fallback_threshold": config.get("fallback_threshold"),
-            "generate": config.get("generate"),
-            "generates_on_every_user_turn": config.get("generate") == "in_process"
-            and bool(config.get("fallback_threshold")),
-        }
-        if config.get("generate") != "in_process":
-            return {"skipped": "the policy does not generate in process", "policy": policy}
-        from rasa_hred.core.decoding import DecodingConfig
-        from rasa_hred.serving.generator import ResponseGenerator
+    from rasa_hred.integration.archive import extract_policy_model
+    from rasa_hred.integration.loading import load_policy_generator, with_defaults
 
-        generator = ResponseGenerator.load(
-            _extract_component(archive, resource, Path(scratch)),
-            device=config.get("device", "auto"),
-            decoding=DecodingConfig.from_dict(config["decoding"])
-            if config.get("decoding")
-            else None,
-            max_turns=config.get("max_history"),
-            batching=False,
-        )
-    lines = itertools.cycle(HRED_LINES)
-    for _ in range(warmup):
-        generator.generate([[next(lines)]])
-        generator.generate([[RULE_LINE]])
-    times: dict[str, list[float]] = {"hred_lines": [], "rule_line": []}
-    lines = itertools.cycle(HRED_LINES)
-    for _ in range(runs):
-        for kind, text in (("hred_lines", next(lines)), ("rule_line", RULE_LINE)):
-            start = time.perf_counter()
-            generator.generate([[text]])
-            times[kind].append((time.perf_counter() - start) * 1000.0)
+    with tempfile.TemporaryDirectory() as scratch:
+        extracted = extract_policy_model(model, scratch)
+        config = with_defaults(extracted.policy_config)
+        policy = {
+            "fallback_threshold": config["fallback_threshold"],
+            "generate": config["generate"],
+            "generates_on_every_user_turn": config["generate"] == "in_process"
+            and bool(config["fallback_threshold"]),
+        }
+        if config["generate"] != "in_process":
+            return {"skipped": "the policy does not generate in process", "policy": policy}
+        generator = load_policy_generator(extracted.directory, config)
+    try:
+        lines = itertools.cycle(HRED_LINES)
+        for _ in range(warmup):
+            generator.generate([[next(lines)]])
+            generator.generate([[RULE_LINE]])
+        times: dict[str, list[float]] = {"hred_lines": [], "rule_line": []}
+        lines = itertools.cycle(HRED_LINES)
+        for _ in range(runs):
+            for kind, text in (("hred_lines", next(lines)), ("rule_line", RULE_LINE)):
+                start = time.perf_counter()
+                generator.generate([[text]])
+                times[kind].append((time.perf_counter() - start) * 1000.0)
+    finally:
+        generator.close()
     return {
         "hred_lines": summary(times["hred_lines"]),
         "rule_line": summary(times["rule_line"]),
@@ -348,12 +277,14 @@ def _post_rest(session: Any, url: str, sender: str, text: str) -> tuple[float, b
     return elapsed, ok
 
 
-def run(
-    model: str | Path,
+def run_bench_rasa(
+    model: Path,
     messages: int = 50,
     warmup: int = 3,
     startup_timeout: float = STARTUP_TIMEOUT_S,
 ) -> dict[str, Any]:
+    """The benchmark (see the module docstring): ``messages`` timed REST messages of each
+    kind after ``warmup`` untimed ones, through ``rasa run`` with the archive ``model``."""
     import requests
 
     if messages < 1:
@@ -424,29 +355,3 @@ def run(
         cpu_count=os.cpu_count(),
     )
     return result
-
-
-def bench_rasa_command(args: argparse.Namespace) -> int:
-    result = run(
-        args.model,
-        messages=args.messages,
-        warmup=args.warmup,
-        startup_timeout=args.startup_timeout,
-    )
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"{'':6} {'p50 ms':>8} {'p95 ms':>8} {'n':>4}")
-    for kind in ("hred", "rule"):
-        r = result[kind]
-        print(f"{kind:6} {r['p50_ms']!s:>8} {r['p95_ms']!s:>8} {r['n']:>4}")
-    generation = result["in_process_generate"]
-    print(f"HRED turn - rule turn: {result['hred_added_ms_p50']} ms (p50)")
-    if "hred_lines" in generation:
-        every = generation["policy"]["generates_on_every_user_turn"]
-        print(
-            f"in-process generation: {generation['hred_lines']['p50_ms']} ms (p50), paid by "
-            + ("every user turn, the rule turn too" if every else "HRED turns only")
-        )
-    print(f"device {result['device']}, load average {result['load_avg_1m']}")
-    return 0

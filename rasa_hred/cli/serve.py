@@ -1,11 +1,19 @@
-"""``rasa-hred serve`` (the NLG server) and ``rasa-hred nlg-config``."""
+"""``rasa-hred serve`` (the NLG server) and ``rasa-hred nlg-config``: their flags, and the
+adapters that turn the flags into ``rasa_hred.nlg_server.command``'s typed settings."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
 
-from rasa_hred.cli.common import lazy
-from rasa_hred.cli.generate import add_decoding_options
+from rasa_hred.cli.generate import add_decoding_options, decoding_overrides
+from rasa_hred.errors import UserError
+from rasa_hred.nlg_server import defaults
+
+TOKEN_VARIABLE = "RASA_HRED_NLG_TOKEN"
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -30,12 +38,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             action.metavar = "DIR|ARCHIVE"
             action.help = "model directory, or a Rasa model archive with an HREDPolicy"
     serve.add_argument("--domain", help="domain file or directory (default: the archive's domain)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
-    serve.add_argument("--port", type=int, default=5056)
+    serve.add_argument("--host", default=defaults.HOST, help="address to bind")
+    serve.add_argument("--port", type=int, default=defaults.PORT)
     serve.add_argument(
         "--token",
         help="require ?token=T or 'Authorization: Bearer T' on /nlg and /metrics "
-        "(default: $RASA_HRED_NLG_TOKEN, else none)",
+        f"(default: ${TOKEN_VARIABLE}, else none)",
     )
     serve.add_argument(
         "--responses",
@@ -54,20 +62,31 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=True,
         help="decode concurrent requests as one batch",
     )
-    serve.add_argument("--max-batch-size", type=int, default=32, help="contexts per batch")
     serve.add_argument(
-        "--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill"
+        "--max-batch-size", type=int, default=defaults.MAX_BATCH_SIZE, help="contexts per batch"
     )
     serve.add_argument(
-        "--max-body-bytes", type=int, default=1_000_000, help="larger requests get 413"
+        "--batch-wait-ms",
+        type=float,
+        default=defaults.BATCH_WAIT_MS,
+        help="how long a batch waits to fill",
     )
     serve.add_argument(
-        "--max-events", type=int, default=10_000, help="only the last N tracker events are read"
+        "--max-body-bytes",
+        type=int,
+        default=defaults.MAX_BODY_BYTES,
+        help="larger requests get 413",
+    )
+    serve.add_argument(
+        "--max-events",
+        type=int,
+        default=defaults.MAX_EVENTS,
+        help="only the last N tracker events are read",
     )
     serve.add_argument(
         "--shutdown-timeout",
         type=float,
-        default=30.0,
+        default=defaults.SHUTDOWN_TIMEOUT,
         help="seconds in-flight requests may take to finish after SIGTERM",
     )
     serve.add_argument("--threads", type=int, help="CPU threads for PyTorch")
@@ -77,7 +96,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="more decoding options as a JSON object, e.g. '{\"force_length\": 20}'",
     )
-    serve.set_defaults(handler=lazy("rasa_hred.nlg_server.app", "serve_command"))
+    serve.set_defaults(handler=serve_command)
 
     config = commands.add_parser(
         "nlg-config",
@@ -92,4 +111,52 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     config.add_argument("--archive", required=True, help="a model archive from `rasa train`")
     config.add_argument("--config", default="config.yml", help="the Rasa config to adapt")
     config.add_argument("--out", required=True, help="output directory")
-    config.set_defaults(handler=lazy("rasa_hred.nlg_server.app", "nlg_config_command"))
+    config.set_defaults(handler=nlg_config_command)
+
+
+def decoding_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding flags given (as ``respond``), then ``--decoding JSON`` on top."""
+    overrides = decoding_overrides(args)
+    if getattr(args, "decoding", None):
+        try:
+            extra = json.loads(args.decoding)
+        except ValueError as error:
+            raise UserError(f"--decoding is not JSON: {error}") from None
+        if not isinstance(extra, dict):
+            raise UserError("--decoding must be a JSON object of decoding options")
+        overrides |= extra
+    return overrides
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``rasa-hred serve``: the flags as ``ServeOptions``, then serve until SIGTERM/SIGINT."""
+    from rasa_hred.nlg_server.command import ServeOptions, serve
+
+    options = ServeOptions(
+        model=Path(args.model),
+        domain=Path(args.domain) if args.domain else None,
+        host=args.host,
+        port=args.port,
+        token=args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE),
+        responses=args.responses,
+        max_history=args.max_history,
+        device=args.device,
+        batching=args.batching,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        max_events=args.max_events,
+        shutdown_timeout=args.shutdown_timeout,
+        threads=args.threads,
+        access_log=args.access_log,
+        decoding=decoding_flags(args),
+    )
+    return serve(options)
+
+
+def nlg_config_command(args: argparse.Namespace) -> int:
+    """``rasa-hred nlg-config``: write the config and print its path."""
+    from rasa_hred.nlg_server.command import write_nlg_config
+
+    print(write_nlg_config(Path(args.archive), Path(args.config), Path(args.out)))
+    return 0

@@ -100,9 +100,9 @@ _OBJECT_KINDS: tuple[tuple[type[Event], str], ...] = (
 def _classify(event: Any) -> tuple[str, Any] | None:
     """Returns ``(kind, text)`` for an event that matters, ``None`` for any other."""
     if isinstance(event, Event):
-        for cls, kind in _OBJECT_KINDS:
+        for cls, object_kind in _OBJECT_KINDS:
             if isinstance(event, cls):
-                return kind, getattr(event, "text", None)
+                return object_kind, getattr(event, "text", None)
         return None
     if isinstance(event, Mapping):
         try:

@@ -4,7 +4,8 @@ Name it in ``endpoints.yml`` (``nlg: type: rasa_hred.HREDTemplatedNLG``).
 
 - With the policy in ``generate: in_nlg`` mode, the reply is generated here, when
   ``utter_hred`` is said: off Rasa's event loop (the generator's micro-batcher and worker
-  thread), batched across concurrent conversations, and only for turns the HRED won.
+  thread), batched across concurrent conversations, and only for turns the HRED won. If
+  generation fails, the policy's ``fallback_response`` is said instead.
 - With ``generate: in_process`` the policy has put the reply in the slot; it is said as is.
   Rasa's templated NLG would format ``{hred_response}`` and give up when the text contains
   ``0[`` (the user then hears the raw template).
@@ -22,8 +23,10 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.utils.endpoints import EndpointConfig
 
+from rasa_hred.integration import registry
 from rasa_hred.integration.context import tracker_context
-from rasa_hred.integration.policy import NLG_GENERATORS, NLG_RENDERERS
+from rasa_hred.integration.loading import GENERATION_ERRORS
+from rasa_hred.integration.names import RESPONSE, SLOT
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +41,9 @@ class HREDTemplatedNLG(TemplatedNaturalLanguageGenerator):
         domain = domain or Domain.empty()
         super().__init__(domain.responses)
         options = dict(endpoint_config.kwargs) if endpoint_config else {}
-        self.responses_owned = set(options.get("responses") or ["utter_hred"])
-        self.slot = options.get("slot") or "hred_response"
-        NLG_RENDERERS.update(self.responses_owned)
+        self.responses_owned = set(options.get("responses") or [RESPONSE])
+        self.slot = options.get("slot") or SLOT
+        registry.NLG_RENDERERS.update(self.responses_owned)
 
     async def generate(
         self,
@@ -53,14 +56,17 @@ class HREDTemplatedNLG(TemplatedNaturalLanguageGenerator):
             text = tracker.get_slot(self.slot)
             if isinstance(text, str) and text.strip():
                 return {"text": text}
-            if utter_action in NLG_GENERATORS:
-                generator, max_turns = NLG_GENERATORS[utter_action]
+            registered = registry.NLG_GENERATORS.get(utter_action)
+            if registered is not None:
+                context = tracker_context(tracker, max_turns=registered.max_turns)
                 try:
-                    reply = await generator.agenerate(tracker_context(tracker, max_turns=max_turns))
-                except Exception:
-                    logger.exception("HRED generation failed; saying utter_hred_fallback")
-                    return await super().generate(
-                        "utter_hred_fallback", tracker, output_channel, **kwargs
-                    )
+                    reply = await registered.generator.agenerate(context)
+                except GENERATION_ERRORS:
+                    fallback = registered.fallback_response
+                    logger.exception(f"HRED generation failed; saying {fallback}")
+                    return await super().generate(fallback, tracker, output_channel, **kwargs)
                 return {"text": reply.text}
-        return await super().generate(utter_action, tracker, output_channel, **kwargs)
+        response: dict[str, Any] | None = await super().generate(
+            utter_action, tracker, output_channel, **kwargs
+        )
+        return response

@@ -21,10 +21,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rasa.core.featurizers.tracker_featurizers import (
+    MaxHistoryTrackerFeaturizer,
+    TrackerFeaturizer,
+)
 from rasa.core.policies.policy import Policy, PolicyPrediction
 from rasa.engine.graph import ExecutionContext
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
@@ -35,27 +38,38 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import ActionExecuted, SlotSet, UserUttered
 from rasa.shared.core.generator import TrackerWithCachedStates
 from rasa.shared.core.trackers import DialogueStateTracker
-from rasa.shared.exceptions import RasaException
 from rasa.shared.nlu.constants import INTENT_NAME_KEY
 
-from rasa_hred.core.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, save_model
+from rasa_hred.core.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, load_model, save_model
 from rasa_hred.errors import UserError
-from rasa_hred.integration.context import tracker_context
+from rasa_hred.integration import registry
+from rasa_hred.integration.context import INTENT_PREFIX, tracker_context
+from rasa_hred.integration.loading import (
+    GENERATION_ERRORS,
+    IN_PROCESS_MODES,
+    HREDPolicyError,
+    default_config,
+    load_policy_generator,
+    validate_policy_config,
+)
+
+if TYPE_CHECKING:
+    from rasa_hred.serving.generator import ResponseGenerator
+
+__all__ = ["HREDPolicy", "HREDPolicyError", "story_dialogues", "trigger_confidence"]
 
 logger = logging.getLogger(__name__)
 
 NLU_FALLBACK = "nlu_fallback"
-GENERATE_MODES = ("in_process", "in_nlg", "nlg_server")
-
-# Generators loaded by `generate: in_nlg` policies, by response name, for HREDTemplatedNLG:
-# Rasa builds the NLG from endpoints.yml and gives it no access to the model's storage.
-NLG_GENERATORS: dict[str, tuple[Any, int | None]] = {}
-# Responses an HREDTemplatedNLG in this process renders (it registers them when built).
-NLG_RENDERERS: set[str] = set()
-
-
-class HREDPolicyError(RasaException):
-    """A configuration or model problem, raised at ``rasa train``/``rasa run`` start."""
+# The policy's options that are `rasa-hred train` options of the same name.
+TRAINING_OPTIONS = (
+    "epochs",
+    "embedding_size",
+    "hidden_size",
+    "bidirectional",
+    "batch_size",
+    "seed",
+)
 
 
 @DefaultV1Recipe.register(
@@ -64,35 +78,7 @@ class HREDPolicyError(RasaException):
 class HREDPolicy(Policy):
     @staticmethod
     def get_default_config() -> dict[str, Any]:
-        return {
-            # Ties between equally confident policies go to the higher priority; RulePolicy
-            # (6) and MemoizationPolicy (3) win ties, so rules and stories come first.
-            "priority": 2,
-            # A directory written by `rasa-hred train`; when set, nothing is trained.
-            "model": None,
-            # Otherwise train on these corpus specs plus the bot's own end-to-end stories.
-            "corpus": ["chatterbot:english"],
-            "use_stories": True,
-            "epochs": 20,
-            "embedding_size": 128,
-            "hidden_size": 256,
-            "bidirectional": True,
-            "batch_size": 32,
-            "seed": 0,
-            "training": {},  # any other `rasa-hred train` option, e.g. {lr: 0.001}
-            # When to answer: these intents, nlu_fallback, and any user turn with
-            # `fallback_threshold` confidence (None turns the catch-all off).
-            "intents": ["chitchat", "out_of_scope"],
-            "answer_nlu_fallback": True,
-            "fallback_threshold": 0.35,
-            "response": "utter_hred",
-            "slot": "hred_response",
-            "fallback_response": "utter_hred_fallback",
-            "generate": "in_process",
-            "max_history": 10,  # turns of the conversation the HRED sees
-            "device": "auto",
-            "decoding": {},  # DecodingConfig options, e.g. {beam_size: 5, mmi_lambda: 0.3}
-        }
+        return default_config()  # documented in rasa_hred.integration.loading
 
     def __init__(
         self,
@@ -100,12 +86,27 @@ class HREDPolicy(Policy):
         model_storage: ModelStorage,
         resource: Resource,
         execution_context: ExecutionContext,
-        featurizer: Any = None,
-        generator: Any = None,
+        featurizer: TrackerFeaturizer | None = None,
+        generator: ResponseGenerator | None = None,
     ) -> None:
-        super().__init__(config, model_storage, resource, execution_context, featurizer)
-        _validate_config(config)
+        validate_policy_config(config)
+        if featurizer is not None:
+            raise HREDPolicyError(
+                "HREDPolicy: the HRED reads the conversation's texts and takes no featurizer"
+            )
+        super().__init__(config, model_storage, resource, execution_context)
         self.generator = generator
+        self._warned_no_nlg = False
+
+    def _create_featurizer(self) -> TrackerFeaturizer:
+        # The HRED reads the conversation's texts itself (integration.context): this policy
+        # has no use for a tracker featurizer. Rasa's base class insists on one and would
+        # build it from `max_history`, which here means the HRED's context turns, not
+        # featurized states. So the featurizer is a fixed placeholder that reads nothing
+        # from the config: the trained policy and each of its loaded copies have the same
+        # one, and nothing about it is persisted. `max_history` travels with the config
+        # (Rasa stores that in the model) and `load` gives it to the generator.
+        return MaxHistoryTrackerFeaturizer(state_featurizer=None, max_history=None)
 
     @classmethod
     def fingerprint_addon(cls, config: dict[str, Any]) -> str | None:
@@ -133,40 +134,37 @@ class HREDPolicy(Policy):
             else:
                 stories = story_dialogues(training_trackers) if self.config["use_stories"] else []
                 self._train_hred(stories, directory)
+            # Keep the model, as Rasa's own policies do. It is read back from what was just
+            # written, by the same loader as `load`, so this object predicts exactly like
+            # its loaded copies (training may end on other weights than the best ones kept).
+            self._use_generator(directory)
         return self._resource
 
     def _train_hred(self, stories: list[list[str]], directory: Path) -> None:
-        from rasa_hred.core.training import TrainingConfig, train_model
+        from rasa_hred.core.training import TrainingConfig
+        from rasa_hred.jobs import train_on_corpus
 
-        options = {
-            key: self.config[key]
-            for key in (
-                "epochs",
-                "embedding_size",
-                "hidden_size",
-                "bidirectional",
-                "batch_size",
-                "seed",
-            )
-        }
+        options = {key: self.config[key] for key in TRAINING_OPTIONS}
         options |= dict(self.config.get("training") or {})
-        known = {f.name for f in fields(TrainingConfig)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise HREDPolicyError(f"HREDPolicy: unknown training option(s) {', '.join(unknown)}")
         logger.info(
             f"HREDPolicy: training an HRED on {self.config['corpus']} and {len(stories)} "
             "end-to-end story dialogues"
         )
         with tempfile.TemporaryDirectory() as scratch:
-            config = TrainingConfig(
-                corpus=list(self.config["corpus"]),
-                out=scratch,
-                device=self.config["device"],
-                **options,
-            )
             try:
-                result = train_model(config, extra_dialogues=stories)
+                config = TrainingConfig.from_dict(
+                    options
+                    | {
+                        "corpus": list(self.config["corpus"]),
+                        "out": scratch,
+                        "device": self.config["device"],
+                    },
+                    what="training option(s)",
+                )
+            except (UserError, TypeError, ValueError) as error:
+                raise HREDPolicyError(f"HREDPolicy: {error}") from error
+            try:
+                result = train_on_corpus(config, extra_dialogues=stories)
             except UserError as error:
                 raise HREDPolicyError(f"HREDPolicy: {error}") from error
             if result.interrupted:
@@ -184,28 +182,30 @@ class HREDPolicy(Policy):
         execution_context: ExecutionContext,
         **kwargs: Any,
     ) -> HREDPolicy:
-        generator = None
-        if config.get("generate", "in_process") in ("in_process", "in_nlg"):
-            from rasa_hred.core.decoding import DecodingConfig
-            from rasa_hred.serving.generator import ResponseGenerator
-
+        policy = cls(config, model_storage, resource, execution_context)
+        if policy.config["generate"] in IN_PROCESS_MODES:
             try:
                 with model_storage.read_from(resource) as directory:
-                    generator = ResponseGenerator.load(
-                        directory,
-                        device=config.get("device", "auto"),
-                        decoding=DecodingConfig.from_dict(config.get("decoding") or {})
-                        if config.get("decoding")
-                        else None,
-                        max_turns=config.get("max_history"),
-                        batching=config.get("generate") == "in_nlg",
-                    )
-            except (UserError, ValueError, OSError) as error:
+                    policy._use_generator(directory)
+            except HREDPolicyError:
+                raise
+            except Exception as error:  # e.g. no such resource: never trained
                 raise HREDPolicyError(f"HREDPolicy: cannot load the HRED model: {error}") from error
-            if config.get("generate") == "in_nlg":
-                response = config.get("response", "utter_hred")
-                NLG_GENERATORS[response] = (generator, config.get("max_history"))
-        return cls(config, model_storage, resource, execution_context, generator=generator)
+        return policy
+
+    def _use_generator(self, model_dir: Path) -> None:
+        """Load the generator of ``model_dir`` as the config describes, if this policy (or
+        the in-process NLG) generates; in ``in_nlg`` mode register it for the NLG."""
+        if self.config["generate"] not in IN_PROCESS_MODES:
+            return
+        try:
+            self.generator = load_policy_generator(model_dir, self.config)
+        except Exception as error:  # every load failure, whatever raised it
+            raise HREDPolicyError(f"HREDPolicy: cannot load the HRED model: {error}") from error
+        if self.config["generate"] == "in_nlg":
+            registry.NLG_GENERATORS[self.config["response"]] = registry.NLGGenerator(
+                self.generator, self.config["max_history"], self.config["fallback_response"]
+            )
 
     # --- prediction ---------------------------------------------------------------------
 
@@ -229,10 +229,12 @@ class HREDPolicy(Policy):
         if self.config["generate"] == "nlg_server" or self._nlg_generates():
             probabilities[domain.index_for_action(self.config["response"])] = confidence
             return self._prediction(probabilities)
+        if self.generator is None:
+            raise HREDPolicyError("HREDPolicy: no HRED model to generate with; train or load it")
         context = tracker_context(tracker, max_turns=self.config["max_history"])
         try:
             reply = self.generator.generate([context])[0].text
-        except Exception:
+        except GENERATION_ERRORS:
             logger.exception("HREDPolicy: generation failed; answering with the fallback response")
             probabilities[domain.index_for_action(self.config["fallback_response"])] = confidence
             return self._prediction(probabilities)
@@ -251,9 +253,9 @@ class HREDPolicy(Policy):
         """
         if self.config["generate"] != "in_nlg":
             return False
-        if self.config["response"] in NLG_RENDERERS:
+        if self.config["response"] in registry.NLG_RENDERERS:
             return True
-        if not getattr(self, "_warned_no_nlg", False):
+        if not self._warned_no_nlg:
             self._warned_no_nlg = True
             logger.warning(
                 "HREDPolicy: generate is in_nlg, but no rasa_hred.HREDTemplatedNLG "
@@ -298,7 +300,11 @@ def story_dialogues(trackers: list[TrackerWithCachedStates]) -> list[list[str]]:
             continue
         turns: list[tuple[str, str]] = []
         for event in tracker.events:
-            if isinstance(event, UserUttered) and event.text and not event.text.startswith("/"):
+            if (
+                isinstance(event, UserUttered)
+                and event.text
+                and not event.text.startswith(INTENT_PREFIX)
+            ):
                 speaker, text = "user", event.text.strip()
             elif isinstance(event, ActionExecuted) and event.action_text:
                 speaker, text = "bot", event.action_text.strip()
@@ -313,19 +319,6 @@ def story_dialogues(trackers: list[TrackerWithCachedStates]) -> list[list[str]]:
             seen.add(dialogue)
             dialogues.append(list(dialogue))
     return dialogues
-
-
-def _validate_config(config: dict[str, Any]) -> None:
-    if config.get("generate") not in GENERATE_MODES:
-        raise HREDPolicyError(
-            f"HREDPolicy: generate must be one of {', '.join(GENERATE_MODES)}, "
-            f"not {config.get('generate')!r}"
-        )
-    threshold = config.get("fallback_threshold")
-    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
-        raise HREDPolicyError("HREDPolicy: fallback_threshold must be between 0 and 1 (or null)")
-    if not config.get("model") and not config.get("corpus"):
-        raise HREDPolicyError("HREDPolicy: set either `model` (a trained directory) or `corpus`")
 
 
 def _check_domain(config: dict[str, Any], domain: Domain) -> None:
@@ -346,8 +339,6 @@ def _check_domain(config: dict[str, Any], domain: Domain) -> None:
 
 def _copy_model_dir(source: Path, target: Path) -> None:
     """Copy (and so validate) a model directory: it must load."""
-    from rasa_hred.core.checkpoint import load_model
-
     try:
         loaded = load_model(source, "cpu")
     except UserError as error:

@@ -1,1 +1,7 @@
-"""The HRED NLG server: Rasa's NLG HTTP protocol, metrics, the Sanic app, ``rasa-hred serve``."""
+"""The NLG server (``rasa-hred serve``): Rasa's NLG endpoint, generating the HRED's responses
+in batches off the event loop and rendering every other response from the domain.
+
+``protocol`` validates Rasa's requests, ``metrics`` counts them, ``app`` answers them and
+``command`` resolves the settings (from a Rasa model archive or a model directory) and runs
+the server.
+"""

@@ -1,0 +1,158 @@
+"""An HREDPolicy's config and the generator it describes, in one place.
+
+The policy loads its generator from Rasa's model storage; the NLG server and ``bench rasa``
+load it from a model archive (see ``integration.archive``). All of them call
+:func:`load_policy_generator`, so a reply generated anywhere is the reply the policy itself
+would generate. The defaults and the validation of the config live here too, so that a
+config read from an archive means what it meant to the policy that was trained with it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rasa.shared.exceptions import RasaException
+
+from rasa_hred.core.checkpoint import CheckpointError
+from rasa_hred.core.decoding import DecodingConfig, DecodingError
+from rasa_hred.errors import UserError
+from rasa_hred.integration.names import FALLBACK_RESPONSE, RESPONSE, SLOT
+
+if TYPE_CHECKING:
+    from rasa_hred.serving.generator import ResponseGenerator
+
+#: ``generate``: who generates the reply (see ``integration.policy``).
+GENERATE_MODES = ("in_process", "in_nlg", "nlg_server")
+#: The modes in which a generator is loaded into the Rasa process.
+IN_PROCESS_MODES = ("in_process", "in_nlg")
+
+#: What can go wrong while generating a reply from a loaded model: a decoding setting, the
+#: model's files, or torch itself (shapes, devices, memory; also a closed generator). The
+#: policy and the in-process NLG answer these with the fallback response; anything else is
+#: a bug and is raised.
+GENERATION_ERRORS: tuple[type[Exception], ...] = (DecodingError, CheckpointError, RuntimeError)
+
+_DEFAULTS: dict[str, Any] = {
+    # Ties between equally confident policies go to the higher priority; RulePolicy
+    # (6) and MemoizationPolicy (3) win ties, so rules and stories come first.
+    "priority": 2,
+    # A directory written by `rasa-hred train`; when set, nothing is trained.
+    "model": None,
+    # Otherwise train on these corpus specs plus the bot's own end-to-end stories.
+    "corpus": ["chatterbot:english"],
+    "use_stories": True,
+    "epochs": 20,
+    "embedding_size": 128,
+    "hidden_size": 256,
+    "bidirectional": True,
+    "batch_size": 32,
+    "seed": 0,
+    "training": {},  # any other `rasa-hred train` option, e.g. {lr: 0.001}
+    # When to answer: these intents, nlu_fallback, and any user turn with
+    # `fallback_threshold` confidence (None turns the catch-all off).
+    "intents": ["chitchat", "out_of_scope"],
+    "answer_nlu_fallback": True,
+    "fallback_threshold": 0.35,
+    "response": RESPONSE,
+    "slot": SLOT,
+    "fallback_response": FALLBACK_RESPONSE,
+    "generate": "in_process",
+    # Turns of the conversation the HRED sees (None: all). Only this: the policy has no
+    # tracker featurizer (see HREDPolicy._create_featurizer).
+    "max_history": 10,
+    "device": "auto",
+    "decoding": {},  # DecodingConfig options, e.g. {beam_size: 5, mmi_lambda: 0.3}
+}
+
+#: The policy's default ``max_history``: the turns the HRED sees.
+DEFAULT_MAX_HISTORY: int = _DEFAULTS["max_history"]
+
+
+class HREDPolicyError(RasaException, UserError):
+    """A configuration or model problem of an HREDPolicy, raised when it is built, trained
+    or loaded (``rasa train``/``rasa run`` start); the CLI prints it as a user error too."""
+
+
+def default_config() -> dict[str, Any]:
+    """``HREDPolicy.get_default_config()``: a fresh copy, safe to change."""
+    return copy.deepcopy(_DEFAULTS)
+
+
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A policy config as the policy sees it: ``config`` over the defaults (a Rasa model
+    archive stores only the options the bot's config.yml set)."""
+    return default_config() | dict(config)
+
+
+def validate_policy_config(config: Mapping[str, Any]) -> None:
+    """Refuse a config the policy cannot work with, before anything is trained or loaded."""
+    if config.get("generate") not in GENERATE_MODES:
+        raise HREDPolicyError(
+            f"HREDPolicy: generate must be one of {', '.join(GENERATE_MODES)}, "
+            f"not {config.get('generate')!r}"
+        )
+    threshold = config.get("fallback_threshold")
+    if threshold is not None and not (
+        isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0
+    ):
+        raise HREDPolicyError("HREDPolicy: fallback_threshold must be between 0 and 1 (or null)")
+    if not config.get("model") and not config.get("corpus"):
+        raise HREDPolicyError("HREDPolicy: set either `model` (a trained directory) or `corpus`")
+    max_history = config.get("max_history")
+    if max_history is not None and not (
+        isinstance(max_history, int) and not isinstance(max_history, bool) and max_history >= 0
+    ):
+        raise HREDPolicyError("HREDPolicy: max_history must be a number of turns >= 0 (or null)")
+    if config.get("featurizer"):
+        raise HREDPolicyError(
+            "HREDPolicy: the HRED reads the conversation's texts and uses no featurizer; "
+            "remove `featurizer` from its config"
+        )
+    decoding_config(config)
+
+
+def decoding_config(config: Mapping[str, Any]) -> DecodingConfig | None:
+    """The policy's ``decoding`` option as a ``DecodingConfig``; ``None`` (empty or unset)
+    means the model directory's own defaults."""
+    stored = config.get("decoding")
+    if not stored:
+        return None
+    if not isinstance(stored, Mapping):
+        raise HREDPolicyError("HREDPolicy: decoding must be a mapping of decoding options")
+    try:
+        return DecodingConfig.from_dict(stored)
+    except (DecodingError, TypeError, ValueError) as error:
+        raise HREDPolicyError(f"HREDPolicy: decoding: {error}") from error
+
+
+def load_policy_generator(
+    model_dir: str | Path,
+    config: Mapping[str, Any],
+    *,
+    device: str | None = None,
+    batching: bool | None = None,
+    batch_wait_ms: float = 5.0,
+    max_batch_size: int = 32,
+) -> ResponseGenerator:
+    """The generator of an HREDPolicy with ``config`` (over the defaults) whose model is in
+    ``model_dir``: its ``device``, its ``decoding`` over the model's defaults, and
+    ``max_history`` turns of context. ``device`` and ``batching`` override the policy's
+    (which batches only in ``in_nlg`` mode, where concurrent conversations generate at
+    once). Errors are ``UserError``s (``CheckpointError``, ``HREDPolicyError``)."""
+    from rasa_hred.serving.generator import ResponseGenerator
+
+    config = with_defaults(config)
+    if batching is None:
+        batching = config["generate"] == "in_nlg"
+    return ResponseGenerator.load(
+        model_dir,
+        device=device or config["device"],
+        decoding=decoding_config(config),
+        max_turns=config["max_history"],
+        batching=batching,
+        batch_wait_ms=batch_wait_ms,
+        max_batch_size=max_batch_size,
+    )
