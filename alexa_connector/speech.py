@@ -1,15 +1,4 @@
-"""Pure conversions between Alexa custom-skill JSON and Rasa messages (no Rasa, no Sanic).
-
-Reading requests:
-
-- :func:`alexa_user_id` - who is speaking: a recognised voice profile
-  (``context.System.person.personId``) when Alexa sends one, else the Amazon account
-  (``session.user.userId``, else ``context.System.user.userId``). It becomes the Rasa
-  sender id, so every Alexa user (and every recognised person on a shared device) has a
-  tracker of their own.
-- :func:`user_text` - the free text of an ``IntentRequest`` from its catch-all slot.
-
-Writing responses:
+"""What the user hears: Rasa's bot messages as SSML speech (pure: no Rasa, no Sanic).
 
 - :func:`to_ssml` turns *all* bot messages Rasa sent (in order) into one
   ``<speak>...</speak>`` document. Only what can be heard is kept:
@@ -29,7 +18,8 @@ Writing responses:
     limit on output speech): the speech is cut at a sentence end (or else a word
     boundary) and ``...`` is appended.
 
-- :func:`build_response` wraps speech in Alexa's response envelope with real booleans.
+- :func:`button_choices` / :func:`match_button` remember a reply's buttons and map a
+  spoken title back to its payload on the next turn.
 """
 
 from __future__ import annotations
@@ -42,20 +32,14 @@ __all__ = [
     "ELLIPSIS",
     "MAX_BUTTON_CHOICES",
     "MAX_SSML_CHARS",
-    "AlexaRequestError",
-    "alexa_user_id",
-    "build_response",
     "button_choices",
     "button_hint",
     "escape_ssml",
-    "intent_name",
     "match_button",
     "normalise_text",
-    "request_type",
     "speech_parts",
     "text_to_ssml",
     "to_ssml",
-    "user_text",
 ]
 
 #: Amazon's limit on ``outputSpeech`` (and ``reprompt``) length; the whole SSML string,
@@ -78,87 +62,6 @@ _XML_INVALID_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uff
 _WHITESPACE_RE = re.compile(r"\s+")
 _SENTENCE_END_RE = re.compile(r"[.!?…](?:[\"')\]]*)\s")
 _TERMINAL_PUNCTUATION = ".!?…:;"
-
-
-class AlexaRequestError(ValueError):
-    """A request lacks something the skill needs (the channel answers 400)."""
-
-
-# --------------------------------------------------------------------------- reading requests
-
-
-def _dig(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, Mapping):
-            return None
-        data = data.get(key)
-    return data
-
-
-def _non_empty_str(value: Any) -> str | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
-def request_type(request_json: Mapping[str, Any]) -> str | None:
-    """``request.type`` (``LaunchRequest``, ``IntentRequest``, ...) or ``None``."""
-    return _non_empty_str(_dig(request_json, "request", "type"))
-
-
-def intent_name(request_json: Mapping[str, Any]) -> str | None:
-    """``request.intent.name`` of an ``IntentRequest`` or ``None``."""
-    return _non_empty_str(_dig(request_json, "request", "intent", "name"))
-
-
-def alexa_user_id(request_json: Mapping[str, Any]) -> str:
-    """The Rasa sender id for an Alexa request.
-
-    ``context.System.person.personId`` (a recognised voice profile) comes first, then
-    ``session.user.userId``, then ``context.System.user.userId`` (requests outside a
-    session, e.g. from the AudioPlayer, carry only the latter). Raises
-    :class:`AlexaRequestError` when none is present.
-    """
-    for path in (
-        ("context", "System", "person", "personId"),
-        ("session", "user", "userId"),
-        ("context", "System", "user", "userId"),
-    ):
-        value = _non_empty_str(_dig(request_json, *path))
-        if value is not None:
-            return value
-    raise AlexaRequestError("request has no user id")
-
-
-def _slot_value(slot: Any) -> str | None:
-    if not isinstance(slot, Mapping):
-        return None
-    value = _non_empty_str(slot.get("value"))
-    if value is None:  # the newer slot format: {"slotValue": {"type": "Simple", "value": ...}}
-        value = _non_empty_str(_dig(slot, "slotValue", "value"))
-    return value
-
-
-def user_text(request_json: Mapping[str, Any], slot_name: str = "text") -> str | None:
-    """What the user said, from an ``IntentRequest``'s catch-all slot.
-
-    The slot called ``slot_name`` comes first; when it is absent or empty, the first other
-    slot that has a value is used (so an interaction model with a differently named slot
-    still works). ``None`` when no slot has a value (e.g. a built-in intent).
-    """
-    slots = _dig(request_json, "request", "intent", "slots")
-    if not isinstance(slots, Mapping):
-        return None
-    value = _slot_value(slots.get(slot_name))
-    if value is not None:
-        return value
-    for name, slot in slots.items():
-        if name == slot_name:
-            continue
-        value = _slot_value(slot)
-        if value is not None:
-            return value
-    return None
 
 
 # --------------------------------------------------------------------------- speech
@@ -330,36 +233,3 @@ def match_button(text: str, choices: Any) -> str | None:
         ):
             return payload.strip()
     return None
-
-
-# --------------------------------------------------------------------------- responses
-
-
-def _speech(ssml: str) -> dict[str, str]:
-    return {"type": "SSML", "ssml": ssml}
-
-
-def build_response(
-    ssml: str | None,
-    *,
-    end_session: bool,
-    reprompt: str | None = None,
-    session_attributes: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """An Alexa response envelope.
-
-    ``ssml`` and ``reprompt`` are complete ``<speak>`` documents. With ``ssml=None`` there
-    is no speech at all (as a ``SessionEndedRequest`` requires): ``{"version": "1.0",
-    "response": {}}``. The reprompt is only sent while the session stays open.
-    """
-    if ssml is None:
-        return {"version": "1.0", "response": {}}
-    response: dict[str, Any] = {"outputSpeech": _speech(ssml)}
-    if reprompt and not end_session:
-        response["reprompt"] = {"outputSpeech": _speech(reprompt)}
-    response["shouldEndSession"] = bool(end_session)
-    return {
-        "version": "1.0",
-        "sessionAttributes": dict(session_attributes or {}),
-        "response": response,
-    }

@@ -47,6 +47,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509 import verification as x509_verification
 
+from alexa_connector.envelope import value_at
+
 logger = logging.getLogger(__name__)
 
 ALEXA_CERT_HOST = "s3.amazonaws.com"
@@ -294,7 +296,7 @@ def verify_signature(
         raise VerificationError(f"request signature check failed: {_short(exc)}") from None
 
 
-def _parse_timestamp(timestamp: str) -> datetime:
+def _parse_timestamp(timestamp: object) -> datetime:
     if not isinstance(timestamp, str) or not timestamp.strip():
         raise VerificationError("missing request timestamp")
     text = timestamp.strip()
@@ -307,9 +309,10 @@ def _parse_timestamp(timestamp: str) -> datetime:
 
 
 def verify_timestamp(
-    timestamp: str, now: datetime, tolerance_s: float = MAX_TIMESTAMP_TOLERANCE_S
+    timestamp: object, now: datetime, tolerance_s: float = MAX_TIMESTAMP_TOLERANCE_S
 ) -> None:
-    """The request timestamp (ISO-8601, e.g. ``2026-11-25T10:00:00Z``) must be within
+    """The request timestamp (an ISO-8601 string, e.g. ``2026-11-25T10:00:00Z``; anything
+    else is rejected, as it comes from the untrusted body) must be within
     ``tolerance_s`` seconds of ``now``, in the past or the future.
 
     A tolerance above Amazon's 150 seconds (or below zero) is a configuration error
@@ -324,20 +327,26 @@ def verify_timestamp(
         raise VerificationError(f"request timestamp is in the future ({skew:.0f} s ahead)")
 
 
-def _dig(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, Mapping):
-            return None
-        data = data.get(key)
-    return data
+def parse_request_body(body: bytes) -> dict[str, Any]:
+    """The request body as JSON: an object with a ``request`` object, or a
+    :class:`VerificationError`."""
+    try:
+        request_json = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise VerificationError("request body is not JSON") from None
+    if not isinstance(request_json, dict):
+        raise VerificationError("request body is not a JSON object")
+    if not isinstance(request_json.get("request"), dict):
+        raise VerificationError("request body has no request object")
+    return request_json
 
 
 def verify_application_id(request_json: Mapping[str, Any], skill_id: str) -> None:
     """``context.System.application.applicationId`` (else ``session.application...``) must be
     the configured skill id."""
-    app_id = _dig(request_json, "context", "System", "application", "applicationId")
+    app_id = value_at(request_json, "context", "System", "application", "applicationId")
     if app_id is None:
-        app_id = _dig(request_json, "session", "application", "applicationId")
+        app_id = value_at(request_json, "session", "application", "applicationId")
     if not isinstance(app_id, str) or not app_id:
         raise VerificationError("missing application id")
     if app_id != skill_id:
@@ -644,17 +653,8 @@ class RequestVerifier:
         chain = await self.signing_chain(url, now)
         verify_signature(chain.leaf, body, signature, algorithm=algorithm)
 
-        try:
-            request_json = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise VerificationError("request body is not JSON") from None
-        if not isinstance(request_json, dict):
-            raise VerificationError("request body is not a JSON object")
-        request = request_json.get("request")
-        if not isinstance(request, dict):
-            raise VerificationError("request body has no request object")
-
-        verify_timestamp(request.get("timestamp"), now, self.timestamp_tolerance)
+        request_json = parse_request_body(body)
+        verify_timestamp(request_json["request"].get("timestamp"), now, self.timestamp_tolerance)
         verify_application_id(request_json, self.skill_id)
         return request_json
 
@@ -669,6 +669,7 @@ __all__ = [
     "download_chain_pem",
     "load_trusted_roots",
     "parse_pem_chain",
+    "parse_request_body",
     "validate_cert_url",
     "verify_application_id",
     "verify_chain",

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_alexa.py --model models/demo.tar.gz --json
 
-Uses the throw-away test PKI of tests/alexa_pki.py (root -> intermediate -> leaf, real RSA
+Uses the throw-away test PKI of tests/support/alexa_pki.py (root -> intermediate -> leaf, real RSA
 2048 signatures; test-only, hence a script and not a ``rasa-hred bench`` command):
 
 (a) ``verify``: the cost of ``RequestVerifier.verify`` per request, in process, with the chain
@@ -53,7 +53,7 @@ for _path in (REPO, REPO / "tests"):
         sys.path.insert(0, str(_path))
 
 import requests  # noqa: E402
-from alexa_pki import (  # noqa: E402
+from support.alexa_pki import (  # noqa: E402
     CERT_URL,
     PKI,
     SKILL_ID,
@@ -63,6 +63,7 @@ from alexa_pki import (  # noqa: E402
     write_chain_cache,
 )
 
+from rasa_hred.bench.common import load_average, percentile, summary  # noqa: E402
 from rasa_hred.bench.rasa import (  # noqa: E402
     HRED_ACTION,
     HRED_LINES,
@@ -73,10 +74,7 @@ from rasa_hred.bench.rasa import (  # noqa: E402
     _device,
     answered_by,
     fetch_tracker,
-    load_average,
-    percentile,
     rasa_run,
-    summary,
 )
 
 REQUEST_TIMEOUT_S = 30.0
@@ -294,7 +292,7 @@ def _user_texts_in(tracker: dict[str, Any]) -> list[str]:
 def bench_load(
     pki: PKI, url: str, users: int, seconds: float, max_requests: int, run_id: str
 ) -> dict[str, Any]:
-    from alexa_connector.channel import AlexaSettings
+    from alexa_connector.settings import AlexaSettings
 
     load_start = load_average()
     started = time.monotonic()

@@ -1,5 +1,5 @@
 """The Alexa input channel end to end: a real Sanic server on 127.0.0.1, real HTTP requests
-(aiohttp), real request signatures (tests/alexa_pki.py) and a real Rasa bot behind it.
+(aiohttp), real request signatures (tests/support/alexa_pki.py) and a real Rasa bot behind it.
 
 The bot is a tiny Rasa assistant trained once per test session (keyword intents and rules,
 a few seconds). The channel is mounted exactly as ``rasa run`` mounts input channels
@@ -23,16 +23,20 @@ from typing import Any
 
 import aiohttp
 import pytest
-from alexa_pki import CERT_URL, SKILL_ID, USER_ID, alexa_request, make_pki, sign, write_chain_cache
-from conftest import running
-
-from alexa_connector.channel import (
-    BUTTONS_ATTRIBUTE,
-    AlexaConfigurationError,
-    AlexaConnector,
-    AlexaOutputChannel,
-    AlexaSettings,
+from support.alexa_pki import (
+    CERT_URL,
+    SKILL_ID,
+    USER_ID,
+    alexa_request,
+    make_pki,
+    sign,
+    write_chain_cache,
 )
+from support.servers import running
+
+from alexa_connector.channel import AlexaConnector, AlexaOutputChannel
+from alexa_connector.settings import AlexaConfigurationError, AlexaSettings
+from alexa_connector.turns import BUTTONS_ATTRIBUTE
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERACTION_MODEL = ROOT / "skill-package" / "interactionModels" / "custom" / "en-US.json"
@@ -846,7 +850,8 @@ def test_package_import_is_light():
     import sys
 
     code = (
-        "import sys, alexa_connector, alexa_connector.speech;"
+        "import sys, alexa_connector, alexa_connector.envelope, alexa_connector.speech,"
+        " alexa_connector.turns, alexa_connector.verification;"
         "print('rasa' in sys.modules, 'sanic' in sys.modules);"
         "print(alexa_connector.AlexaConnector.name())"
     )

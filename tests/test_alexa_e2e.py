@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import requests
-from alexa_pki import CERT_URL, SKILL_ID, USER_ID, make_pki, sign, write_chain_cache
-from conftest import rasa_server as run_rasa
+from support.alexa_pki import CERT_URL, SKILL_ID, USER_ID, make_pki, sign, write_chain_cache
+from support.servers import rasa_server
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def alexa_rasa_server(demo_model, pki, tmp_path_factory) -> Iterator[str]:
         f'  trusted_roots: "{roots}"\n'
         f'  certificate_cache_dir: "{tmp / "certs"}"\n'
     )
-    with run_rasa(
+    with rasa_server(
         demo_model, tmp, "--credentials", str(tmp / "credentials.yml"), startup_timeout=240
     ) as base_url:
         yield base_url
@@ -137,10 +137,10 @@ def speech(reply: requests.Response) -> str:
 
 
 def test_demo_assistant_on_alexa_and_rest(alexa_rasa_server, pki):
-    rasa_server = alexa_rasa_server
+    base_url = alexa_rasa_server
     from rasa.shared.core.domain import Domain
 
-    from alexa_connector.channel import AlexaSettings
+    from alexa_connector.settings import AlexaSettings
 
     domain = Domain.load(str(ROOT / "domain.yml"))
     greetings = domain.responses["utter_greet"]
@@ -148,36 +148,36 @@ def test_demo_assistant_on_alexa_and_rest(alexa_rasa_server, pki):
     plain_greetings = {r["text"] for r in greetings if not r.get("channel")}
     assert alexa_greetings and plain_greetings
 
-    assert requests.get(f"{rasa_server}/webhooks/alexa/", timeout=10).json() == {"status": "ok"}
+    assert requests.get(f"{base_url}/webhooks/alexa/", timeout=10).json() == {"status": "ok"}
 
-    reply = post(rasa_server, launch(), pki.leaf_key)
+    reply = post(base_url, launch(), pki.leaf_key)
     assert speech(reply) == AlexaSettings().launch_message
     assert reply.json()["response"]["shouldEndSession"] is False
 
     # The demo's greeting has a `channel: alexa` variation; Alexa hears it.
-    reply = post(rasa_server, said("hello there"), pki.leaf_key)
+    reply = post(base_url, said("hello there"), pki.leaf_key)
     assert speech(reply) in alexa_greetings
     assert reply.json()["response"]["reprompt"]["outputSpeech"]["type"] == "SSML"
 
     # Chit-chat: the HRED policy (or its fallback response) answers; Alexa hears it.
-    reply = post(rasa_server, said("what's the best movie you have ever seen"), pki.leaf_key)
+    reply = post(base_url, said("what's the best movie you have ever seen"), pki.leaf_key)
     chat = speech(reply)
     assert chat.strip()
     assert chat not in (AlexaSettings().timeout_message, AlexaSettings().fallback_message)
 
     # A forged request never reaches the bot.
     body = said("hello there")
-    forged = post(rasa_server, body, make_pki(keys="e2e-forger").leaf_key)
+    forged = post(base_url, body, make_pki(keys="e2e-forger").leaf_key)
     assert forged.status_code == 400
     assert "signature" in forged.json()["error"]
 
-    reply = post(rasa_server, session_ended(), pki.leaf_key)
+    reply = post(base_url, session_ended(), pki.leaf_key)
     assert reply.status_code == 200
     assert reply.json() == {"version": "1.0", "response": {}}
 
     # The REST channel of the same server still gets the ordinary variation.
     rest = requests.post(
-        f"{rasa_server}/webhooks/rest/webhook",
+        f"{base_url}/webhooks/rest/webhook",
         json={"sender": "rest-user", "message": "hello there"},
         timeout=30,
     )

@@ -1,4 +1,5 @@
-"""The pure Alexa <-> Rasa conversions (alexa_connector/speech.py)."""
+"""The pure Alexa <-> Rasa conversions: request and response envelopes
+(alexa_connector/envelope.py) and speech (alexa_connector/speech.py)."""
 
 from __future__ import annotations
 
@@ -6,26 +7,28 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from alexa_pki import USER_ID, alexa_request
+from support.alexa_pki import USER_ID, alexa_request
 
+from alexa_connector.envelope import (
+    AlexaRequestError,
+    alexa_user_id,
+    build_response,
+    intent_name,
+    request_type,
+    user_text,
+)
 from alexa_connector.speech import (
     ELLIPSIS,
     MAX_BUTTON_CHOICES,
     MAX_SSML_CHARS,
-    AlexaRequestError,
-    alexa_user_id,
-    build_response,
     button_choices,
     button_hint,
     escape_ssml,
-    intent_name,
     match_button,
     normalise_text,
-    request_type,
     speech_parts,
     text_to_ssml,
     to_ssml,
-    user_text,
 )
 
 BREAK = '<break strength="strong"/>'

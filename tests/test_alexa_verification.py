@@ -1,6 +1,6 @@
 """Alexa request verification with real cryptography (no mocks of the verifier).
 
-Chains come from a throw-away PKI (tests/alexa_pki.py) and reach the verifier through its
+Chains come from a throw-away PKI (tests/support/alexa_pki.py) and reach the verifier through its
 certificate cache directory, or through a loopback HTTP server for the download path.
 """
 
@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from alexa_pki import (
+from support.alexa_pki import (
     CERT_URL,
     SKILL_ID,
     alexa_request,

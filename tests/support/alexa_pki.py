@@ -1,6 +1,6 @@
-"""Test helper: a throw-away PKI that signs Alexa-style requests, and realistic request bodies.
+"""A throw-away PKI that signs Alexa-style requests, and realistic request bodies.
 
-Not a test module. Everything is real cryptography (RSA 2048, SHA-256 certificates):
+Everything is real cryptography (RSA 2048, SHA-256 certificates):
 
 - ``make_pki()`` builds root CA -> intermediate CA -> leaf (SAN ``echo-api.amazon.com``) with
   knobs for the leaf's validity window and SAN, and a ``keys`` name so that a second,

@@ -1,0 +1,64 @@
+"""Trained things for tests: a tiny HRED, and the demo assistant trained by ``rasa train``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from support import BIN, RASA_ENV, REPO
+
+
+def train_tiny_hred(out: Path) -> Path:
+    """A small HRED (32-wide embeddings, 64-wide GRUs) trained on CPU for three epochs on the
+    bundled chatterbot corpus, saved to ``out``: enough to answer, seconds to train."""
+    from rasa_hred.core.training import TrainingConfig
+    from rasa_hred.jobs import train_on_corpus
+
+    config = TrainingConfig(
+        corpus=["chatterbot:english"],
+        out=str(out),
+        embedding_size=32,
+        hidden_size=64,
+        epochs=3,
+        batch_size=32,
+        lr=5e-3,
+        device="cpu",
+        progress=False,
+    )
+    train_on_corpus(config)
+    return out
+
+
+def write_demo_project(target: Path, hred: dict[str, Any]) -> Path:
+    """The repository's demo assistant with a fast NLU and the given HREDPolicy options."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("domain.yml", "endpoints.yml", "credentials.yml"):
+        shutil.copy(REPO / name, target / name)
+    shutil.copytree(REPO / "data", target / "data", dirs_exist_ok=True)
+    config = yaml.safe_load((REPO / "config.yml").read_text())
+    for component in config["pipeline"]:
+        if component["name"] == "DIETClassifier":
+            component["epochs"] = 40
+    policies = [p for p in config["policies"] if p["name"] != "rasa_hred.HREDPolicy"]
+    policies.append({"name": "rasa_hred.HREDPolicy", **hred})
+    config["policies"] = policies
+    (target / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return target
+
+
+def rasa_train(project: Path, timeout: float = 600) -> Path:
+    """``rasa train`` in ``project`` (a subprocess); the model archive's path."""
+    run = subprocess.run(
+        [BIN / "rasa", "train", "--fixed-model-name", "demo", "--out", "models"],
+        cwd=project,
+        env=RASA_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return project / "models" / "demo.tar.gz"
