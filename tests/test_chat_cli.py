@@ -1,4 +1,5 @@
-"""``rasa-hred chat`` and ``rasa-hred respond`` through the installed console script."""
+"""``rasa-hred chat`` through the installed console script (stdin, a terminal) and
+``rasa-hred respond`` through the CLI's ``main`` (the same code, without a process start)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rasa_hred.cli import main
 from rasa_hred.core.checkpoint import save_model
 from rasa_hred.core.model import HRED, HREDConfig
 from rasa_hred.core.vocab import Vocabulary, tokenize
@@ -48,7 +50,19 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_chat_keeps_only_what_the_two_speakers_said(model_dir):
+@pytest.fixture
+def respond(capsys, one_torch_thread):
+    """``rasa-hred respond ARGS`` in this process: (exit status, stdout, stderr)."""
+
+    def call(*args: str) -> tuple[int, str, str]:
+        status = main(["respond", *args])
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return call
+
+
+def test_chat_keeps_only_what_the_two_speakers_said(model_dir, respond):
     session = "hello there\n\nhow are you?\n/history\n/reset\n/history\n/quit\nnever read\n"
     result = run("chat", "--model", str(model_dir), "--device", "cpu", stdin=session)
     assert result.returncode == 0, result.stderr
@@ -60,8 +74,7 @@ def test_chat_keeps_only_what_the_two_speakers_said(model_dir):
     assert lines[6] == "(new conversation)"
     assert lines[7] == "(no history)"
     # the second reply saw the whole conversation: the same as `respond` with it
-    again = run(
-        "respond",
+    status, out, err = respond(
         "--model",
         str(model_dir),
         "--device",
@@ -71,8 +84,8 @@ def test_chat_keeps_only_what_the_two_speakers_said(model_dir):
         first.removeprefix("bot: "),
         "how are you?",
     )
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.strip() == second.removeprefix("bot: ")
+    assert status == 0, err
+    assert out.strip() == second.removeprefix("bot: ")
 
 
 def test_chat_ends_at_eof_and_rejects_unknown_commands(model_dir):
@@ -83,9 +96,8 @@ def test_chat_ends_at_eof_and_rejects_unknown_commands(model_dir):
     assert lines[1].startswith("bot: ") and len(lines) == 2
 
 
-def test_respond_json_n_best(model_dir):
-    result = run(
-        "respond",
+def test_respond_json_n_best(model_dir, respond):
+    status, out, err = respond(
         "--model",
         str(model_dir),
         "--device",
@@ -99,8 +111,8 @@ def test_respond_json_n_best(model_dir):
         "hello",
         "hi, how are you?",
     )
-    assert result.returncode == 0, result.stderr
-    replies = json.loads(result.stdout)
+    assert status == 0, err
+    replies = json.loads(out)
     assert len(replies) == 3
     scores = [r["score"] for r in replies]
     assert all(isinstance(s, float) for s in scores)
@@ -109,10 +121,9 @@ def test_respond_json_n_best(model_dir):
     assert all(r["text"] and r["tokens"] for r in replies)
 
 
-def test_respond_max_turns_keeps_only_the_last_turns(model_dir):
+def test_respond_max_turns_keeps_only_the_last_turns(model_dir, respond):
     def reply(*extra: str, context: tuple[str, ...]) -> list:
-        result = run(
-            "respond",
+        status, out, err = respond(
             "--model",
             str(model_dir),
             "--device",
@@ -124,23 +135,23 @@ def test_respond_max_turns_keeps_only_the_last_turns(model_dir):
             "--",
             *context,
         )
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        assert status == 0, err
+        return json.loads(out)
 
     last_only = reply("--max-turns", "1", context=("hello", "hi, how are you?"))
     assert last_only == reply(context=("hi, how are you?",))
     assert last_only != reply(context=("hello", "hi, how are you?"))
 
 
-def test_errors_are_one_line(tmp_path, model_dir):
-    result = run("respond", "--model", str(tmp_path / "missing"), "--", "hi")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+def test_errors_are_one_line(tmp_path, model_dir, respond):
+    status, out, err = respond("--model", str(tmp_path / "missing"), "--", "hi")
+    assert status == 2 and out == ""
+    assert err.strip().splitlines() == [
         f"rasa-hred: error: {tmp_path / 'missing'}: no such model directory"
     ]
-    result = run("respond", "--model", str(model_dir), "--top-p", "2", "--method", "sample")
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and "top_p" in result.stderr
+    status, out, err = respond("--model", str(model_dir), "--top-p", "2", "--method", "sample")
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "top_p" in err
 
 
 def test_interactive_chat_in_a_terminal(model_dir):

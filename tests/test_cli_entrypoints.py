@@ -83,3 +83,27 @@ def test_corpus_stats_bad_pickle_is_a_clean_error(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Training.dict.pkl" in result.stderr
+
+
+def test_python_m_runs_the_same_cli():
+    """``bench serve`` starts its server as ``python -m rasa_hred.cli serve``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "rasa_hred.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("rasa-hred ")
+
+
+def test_train_config_with_an_unknown_option_is_a_clean_error(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("epochs: 1\nhiden_size: 8\n")
+    result = _run("train", "--config", str(config), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"rasa-hred: error: unknown option(s) in {config}: hiden_size"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from rasa_hred.cli.corpus import stats_command
 from rasa_hred.core.vocab import PAD, Vocabulary
-from rasa_hred.corpora.loaders import (
+from rasa_hred.corpora import (
     Corpus,
     CorpusError,
     corpus_stats,
     load_corpus,
     restricted_load,
     split_dialogues,
-    stats_command,
 )
 from rasa_hred.errors import UserError
 

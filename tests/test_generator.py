@@ -16,6 +16,7 @@ from rasa_hred.core.checkpoint import CheckpointError, save_model
 from rasa_hred.core.decoding import DecodingConfig
 from rasa_hred.core.model import HRED, HREDConfig
 from rasa_hred.core.vocab import PERSON, Vocabulary, tokenize
+from rasa_hred.serving.batcher import MicroBatcher
 from rasa_hred.serving.generator import Reply, ResponseGenerator
 
 WORDS = tokenize(
@@ -386,6 +387,26 @@ def test_the_batcher_works_across_event_loops(generator):
     thread.start()
     thread.join()
     assert results == [want]
+
+
+async def test_the_batcher_gathers_requests_of_any_kind():
+    calls: list[list[int]] = []
+
+    def square(numbers: list[int]) -> list[int]:
+        calls.append(numbers)
+        return [n * n for n in numbers]
+
+    batcher = MicroBatcher(square, max_batch_size=4, batch_wait_ms=50)
+    assert await asyncio.gather(*(batcher.submit(n) for n in range(10))) == [
+        n * n for n in range(10)
+    ]
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # full batches need not wait
+    assert batcher.stats.to_dict()["sizes"] == {2: 1, 4: 2}
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await batcher.submit(1)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        MicroBatcher(square, max_batch_size=0)
 
 
 async def test_closed_generator_refuses_requests(model, vocab):

@@ -13,12 +13,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rasa_hred.cli import main
 from rasa_hred.core.checkpoint import CheckpointError, load_model, save_model
 from rasa_hred.core.model import DialogueBatch
 from rasa_hred.core.training import LAST_CHECKPOINT, Trainer, TrainingConfig, train_model
 from rasa_hred.core.vocab import Vocabulary
+from rasa_hred.errors import UserError
+from rasa_hred.jobs import train_on_corpus
 
 CLI = Path(sys.executable).parent / "rasa-hred"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: no waiting for busy cores
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DIALOGUES = [
     ["hello there", "hi , how are you ?", "fine thanks , and you ?", "great"],
@@ -123,7 +129,7 @@ def test_weights_of_another_size_are_refused(tmp_path):
         load_model(tmp_path / "a")
 
 
-def test_cli_train_then_eval(tmp_path, corpus_file):
+def test_cli_train_then_eval(tmp_path, corpus_file, capsys):
     out = tmp_path / "model"
     config = tmp_path / "config.yaml"
     config.write_text("embedding_size: 16\nhidden_size: 24\nbatch_size: 4\n")
@@ -146,6 +152,7 @@ def test_cli_train_then_eval(tmp_path, corpus_file):
         capture_output=True,
         text=True,
         timeout=300,
+        env=ENV,
     )
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout.strip().splitlines()[-1])
@@ -153,14 +160,14 @@ def test_cli_train_then_eval(tmp_path, corpus_file):
     saved = json.loads((out / "config.json").read_text())
     assert saved["model"]["hidden_size" if False else "decoder_hidden"] == 24
     assert saved["training"]["batch_size"] == 4
-    run = subprocess.run(
+    # eval and the refused second run through main(): the same CLI, no second process start
+    status = main(
         [
-            CLI,
             "eval",
             "--model",
-            out,
+            str(out),
             "--corpus",
-            corpus_file,
+            str(corpus_file),
             "--split",
             "test",
             "--replies",
@@ -168,13 +175,11 @@ def test_cli_train_then_eval(tmp_path, corpus_file):
             "--json",
             "--device",
             "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ]
     )
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    result = json.loads(captured.out)
     for key in (
         "perplexity",
         "perplexity_last",
@@ -187,17 +192,14 @@ def test_cli_train_then_eval(tmp_path, corpus_file):
         assert key in result
     assert 1.0 < result["perplexity"] < len(Vocabulary.load(out / "vocab.json"))
     # Running again into the same directory without --resume would mix two runs.
-    again = subprocess.run(
-        [CLI, "train", "--corpus", corpus_file, "--out", out], capture_output=True, text=True
-    )
-    assert again.returncode == 2 and "--resume" in again.stderr
-    assert "Traceback" not in again.stderr
+    assert main(["train", "--corpus", str(corpus_file), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
 
 
 def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, corpus_file):
     out = tmp_path / "model"
     big = tmp_path / "big.txt"
-    big.write_text(corpus_file.read_text() * 40)
+    big.write_text(corpus_file.read_text() * 10)  # epochs of ~100 batches
     process = subprocess.Popen(
         [
             CLI,
@@ -221,6 +223,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, corpus_file):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=ENV,
     )
     deadline = time.monotonic() + 120
     while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
@@ -257,15 +260,45 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tmp_path, corpus_file):
         capture_output=True,
         text=True,
         timeout=300,
+        env=ENV,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["epochs"] == done + 1
 
 
-def test_train_model_reads_corpus_specs(tmp_path, corpus_file):
-    result = train_model(small_config(tmp_path / "m", corpus=[str(corpus_file)], epochs=1))
+def test_train_on_corpus_reads_corpus_specs(tmp_path, corpus_file):
+    extra = [["an extra dialogue", "with zebras"]]
+    config = small_config(tmp_path / "m", corpus=[str(corpus_file)], epochs=1)
+    result = train_on_corpus(config, extra_dialogues=extra)
     assert result.epochs_run == 1
-    assert load_model(tmp_path / "m").extra["corpus"]["specs"] == [str(corpus_file)]
+    loaded = load_model(tmp_path / "m")
+    assert loaded.extra["corpus"]["specs"] == [str(corpus_file)]
+    assert "zebras" in loaded.vocabulary  # the extra dialogues were trained on
+
+
+def test_train_model_takes_dialogues_and_a_vocabulary(tmp_path):
+    vocabulary = Vocabulary.build(u.split() for d in DIALOGUES for u in d)
+    vocabulary = Vocabulary([*vocabulary.tokens, "unseen"])
+    result = train_model(
+        small_config(tmp_path / "m", epochs=1),
+        DIALOGUES,
+        DIALOGUES[:3],
+        vocabulary,
+        extra={"note": "kept"},
+    )
+    assert result.epochs_run == 1 and result.best_valid_perplexity < float("inf")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.vocabulary == vocabulary
+    assert loaded.extra["note"] == "kept"
+
+
+def test_training_config_from_dict():
+    config = TrainingConfig.from_dict({"corpus": "text:a.txt", "epochs": 3})
+    assert config.corpus == ["text:a.txt"] and config.epochs == 3
+    with pytest.raises(UserError, match=r"^unknown training option\(s\): epoch, hiden_size$"):
+        TrainingConfig.from_dict({"epoch": 3, "hiden_size": 8})
+    with pytest.raises(UserError, match=r"^unknown option\(s\) in my\.yaml: epoch$"):
+        TrainingConfig.from_dict({"epoch": 3}, what="option(s) in my.yaml")
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from rasa_hred.core.vocab import (
     detokenize,
     tokenize,
 )
-from rasa_hred.corpora.loaders import CorpusError, load_movietriples_dict
+from rasa_hred.corpora import CorpusError, load_movietriples_dict
 from rasa_hred.errors import UserError
 
 # --- tokenize -----------------------------------------------------------------------------

@@ -14,16 +14,13 @@ Contexts are two utterances of about 18 tokens. Per beam size it reports:
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from rasa_hred.bench.common import load_average, percentile, synchronize
 from rasa_hred.core.checkpoint import resolve_device
 from rasa_hred.core.decoding import DecodingConfig, decode
 from rasa_hred.core.model import HRED, HREDConfig
@@ -63,20 +60,6 @@ def make_contexts(count: int, seed: int = 0) -> list[list[list[int]]]:
     return contexts
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Linear-interpolated percentile (``fraction`` in [0, 1]) of a non-empty sequence."""
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def bench_beam(
     model: HRED,
     beam: int,
@@ -89,27 +72,27 @@ def bench_beam(
     for context in contexts[:3]:  # warm-up
         decode(model, [context], config)
     decode(model, batch_contexts, config)
-    _sync(device)
+    synchronize(device)
 
     latencies = []
     for i in range(latency_runs):
         context = contexts[i % len(contexts)]
         start = time.perf_counter()
         decode(model, [context], config)
-        _sync(device)
+        synchronize(device)
         latencies.append((time.perf_counter() - start) * 1000.0)
 
     start = time.perf_counter()
     for context in contexts:
         decode(model, [context], config)
-    _sync(device)
+    synchronize(device)
     sequential = len(contexts) / (time.perf_counter() - start)
 
     batched_times = []
     for _ in range(2):
         start = time.perf_counter()
         results = decode(model, batch_contexts, config)
-        _sync(device)
+        synchronize(device)
         batched_times.append(time.perf_counter() - start)
     assert all(len(r[0].tokens) == STEPS for r in results)
     batched = len(batch_contexts) / min(batched_times)
@@ -126,12 +109,14 @@ def bench_beam(
 
 
 def run(
+    *,
     device: str = "auto",
     threads: int = 2,
     beams: list[int] | None = None,
     contexts: int = 64,
     latency_runs: int = 30,
 ) -> list[dict[str, Any]]:
+    """The figures of every beam size in ``beams`` (default 5 and 20), one dict each."""
     resolved = resolve_device(device)
     torch.set_num_threads(threads)
     model = seed_model(resolved)
@@ -140,7 +125,7 @@ def run(
     batch_contexts = make_contexts(batch_size, seed=1)
     results = []
     for beam in beams or [5, 20]:
-        load_before = _load_average()
+        load_before = load_average()
         figures = bench_beam(
             model, beam, sequential_contexts, batch_contexts, resolved, latency_runs
         )
@@ -149,37 +134,7 @@ def run(
             threads=threads,
             torch=torch.__version__,
             # other processes on the machine distort CPU figures (threads wait for cores)
-            load_average_1m=[load_before, _load_average()],
+            load_average_1m=[load_before, load_average()],
         )
         results.append(figures)
     return results
-
-
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:  # not available on this platform
-        return None
-
-
-def bench_command(args: argparse.Namespace) -> int:
-    results = run(
-        device=args.device,
-        threads=args.threads,
-        beams=args.beams,
-        contexts=args.contexts,
-        latency_runs=args.latency_runs,
-    )
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    header = f"{'beam':>5} {'p50 ms':>8} {'p95 ms':>8} {'seq/s':>8} {'batch/s':>9} {'speedup':>8}"
-    print(header)
-    for r in results:
-        print(
-            f"{r['beam']:>5} {r['latency_ms_p50']:>8} {r['latency_ms_p95']:>8} "
-            f"{r['sequential_replies_per_s']:>8} {r['batched_replies_per_s']:>9} "
-            f"{r['batched_speedup']:>8}"
-        )
-    print(f"device {results[0]['device']}, {results[0]['threads']} threads" if results else "")
-    return 0

@@ -1,9 +1,10 @@
 """``rasa-hred bench serve``: the NLG server under concurrent clients, batching on and off.
 
 The server is ``rasa-hred serve`` in a subprocess with an untrained HRED at the seed's
-configuration (``bench_generate.seed_model``: vocabulary 10,004, embeddings and hidden 300,
-unidirectional, maxout), beam 5 and every reply exactly 20 tokens (``force_length``), so all
-requests cost the same. Each request is a distinct conversation of two 16-20 word turns.
+configuration (``rasa_hred.bench.generate.seed_model``: vocabulary 10,004, embeddings and
+hidden 300, unidirectional, maxout), beam 5 and every reply exactly 20 tokens
+(``force_length``), so all requests cost the same. Each request is a distinct conversation
+of two 16-20 word turns.
 This process drives it with aiohttp: N clients, each sending its next request as soon as
 the previous one is answered, for ``--seconds`` (and at most ``MAX_REQUESTS_PER_RUN``
 requests); then it waits for the requests still in flight. Per run it reports ``rps``
@@ -14,7 +15,6 @@ from the server's /health) and ``peak_rss_mb`` (the server's VmHWM so far).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -28,24 +28,26 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from rasa_hred.bench.generate import VOCAB_SIZE, percentile, seed_model
+from rasa_hred.bench.common import free_port, percentile
+from rasa_hred.bench.generate import VOCAB_SIZE, seed_model
 from rasa_hred.errors import UserError
+from rasa_hred.integration.names import RESPONSE, SLOT
 
 STEPS = 20
 MAX_REQUESTS_PER_RUN = 200_000
 REQUEST_TIMEOUT_S = 120.0
 STARTUP_TIMEOUT_S = 180.0
 CONVERSATIONS = 1024
-DOMAIN_YAML = """version: "3.1"
+DOMAIN_YAML = f"""version: "3.1"
 slots:
-  hred_response:
+  {SLOT}:
     type: text
     influence_conversation: false
     mappings:
       - type: custom
 responses:
-  utter_hred:
-    - text: "{hred_response}"
+  {RESPONSE}:
+    - text: "{{{SLOT}}}"
 """
 
 
@@ -78,7 +80,7 @@ def build_seed_model(directory: Path) -> Path:
 
 
 def request_bodies(count: int, seed: int = 0) -> list[bytes]:
-    """``count`` NLG requests for ``utter_hred``, each with its own two-turn conversation."""
+    """``count`` NLG requests for the HRED's response, each with its own two-turn conversation."""
     rng = random.Random(seed)
     words = synthetic_words(VOCAB_SIZE - 7)
 
@@ -95,7 +97,7 @@ def request_bodies(count: int, seed: int = 0) -> list[bytes]:
             {"event": "user", "text": sentence()},
         ]
         body = {
-            "response": "utter_hred",
+            "response": RESPONSE,
             "id": None,
             "arguments": {},
             "tracker": {"sender_id": "bench", "slots": {}, "events": events},
@@ -120,19 +122,11 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """``rasa-hred serve`` as a subprocess on a free loopback port."""
 
     def __init__(self, model: Path, domain: Path, log: Path, options: list[str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         command = [
@@ -248,6 +242,8 @@ def run(
     threads: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
+    """One row of figures per client count and batching mode (``modes``: True = batching
+    on; default both); with ``progress`` each row is also printed to stderr as it comes."""
     clients = clients or [1, 8, 32, 128]
     if any(n < 1 for n in clients) or seconds <= 0:
         raise UserError("--clients must be >= 1 and --seconds > 0")
@@ -305,32 +301,3 @@ def run(
             finally:
                 server.stop()
     return rows
-
-
-def bench_serve_command(args: argparse.Namespace) -> int:
-    modes = {"both": [True, False], "on": [True], "off": [False]}[args.batching]
-    rows = run(
-        device=args.device,
-        seconds=args.seconds,
-        clients=args.clients,
-        modes=modes,
-        beam_size=args.beam_size,
-        max_batch_size=args.max_batch_size,
-        batch_wait_ms=args.batch_wait_ms,
-        threads=args.threads,
-        progress=not args.json,
-    )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(
-        f"{'clients':>7} {'batching':>8} {'rps':>8} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'errors':>6} {'batch':>6} {'rss MB':>7}"
-    )
-    for r in rows:
-        print(
-            f"{r['clients']:>7} {('on' if r['batching'] else 'off'):>8} {r['rps']:>8} "
-            f"{r['p50_ms']!s:>8} {r['p95_ms']!s:>8} {r['p99_ms']!s:>8} {r['errors']:>6} "
-            f"{r['mean_batch']:>6} {r['peak_rss_mb']!s:>7}"
-        )
-    return 0

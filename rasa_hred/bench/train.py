@@ -8,15 +8,13 @@ times full optimisation steps (forward, backward, clipping, Adam).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import random
 import time
 from typing import Any
 
 import torch
 
+from rasa_hred.bench.common import load_average, synchronize
 from rasa_hred.core.batching import DialogueIds, bucketed_batches, make_batch, padding_fraction
 from rasa_hred.core.checkpoint import resolve_device
 from rasa_hred.core.model import HRED, HREDConfig, LossOn
@@ -82,7 +80,7 @@ def measure(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step + 1 == warmup:
-            _sync(device)
+            synchronize(device)
             started = time.perf_counter()
             continue
         if started is None:
@@ -92,10 +90,10 @@ def measure(
         tokens += batch.num_tokens()
         modelled += int(out["tokens"])
         if steps % 4 == 0:
-            _sync(device)
+            synchronize(device)
             if time.perf_counter() - started >= seconds:
                 break
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - (started or time.perf_counter())
     return {
         "tokens_per_s": tokens / elapsed,
@@ -107,27 +105,33 @@ def measure(
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bench_train_command(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def run(
+    *,
+    device: str = "auto",
+    threads: int = 2,
+    batch_size: int | None = None,
+    dialogues: int = 2000,
+    seconds: float = 20.0,
+    cpu_bf16: bool = True,
+) -> dict[str, Any]:
+    """Throughput with the loss on the last utterance and on all of them (and, on a CPU with
+    ``cpu_bf16``, under bfloat16 autocast). ``threads`` 0 leaves PyTorch's choice; no
+    ``batch_size`` means 50 on a CPU (the anchor's) and 256 on CUDA."""
+    resolved = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
-    batch_size = args.batch_size or (256 if device.type == "cuda" else 50)
-    data = synthetic_triples(max(args.dialogues, batch_size * 4))
-    model = HRED(seed_config()).to(device)
-    last = measure(model, data, batch_size, "last", device, args.seconds)
-    full = measure(model, data, batch_size, "all", device, args.seconds)
+    batch_size = batch_size or (256 if resolved.type == "cuda" else 50)
+    data = synthetic_triples(max(dialogues, batch_size * 4))
+    model = HRED(seed_config()).to(resolved)
+    last = measure(model, data, batch_size, "last", resolved, seconds)
+    full = measure(model, data, batch_size, "all", resolved, seconds)
     # On a CPU, also the opt-in bfloat16 autocast (`cpu_bf16: true` in training).
-    cpu_bf16 = None
-    if device.type == "cpu" and args.cpu_bf16:
-        cpu_bf16 = measure(model, data, batch_size, "last", device, args.seconds, cpu_bf16=True)
+    bf16 = None
+    if resolved.type == "cpu" and cpu_bf16:
+        bf16 = measure(model, data, batch_size, "last", resolved, seconds, cpu_bf16=True)
     result: dict[str, Any] = {
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "device": str(resolved) if resolved.type == "cpu" else torch.cuda.get_device_name(resolved),
         "threads": torch.get_num_threads(),
         "batch_size": batch_size,
         "parameters": model.num_parameters(),
@@ -138,11 +142,10 @@ def bench_train_command(args: argparse.Namespace) -> int:
         "tokens_per_s_full_loss": full["tokens_per_s"],
         "modelled_tokens_per_s_full_loss": full["modelled_tokens_per_s"],
         "padding_fraction": last["padding_fraction"],
-        "tokens_per_s_cpu_bf16": cpu_bf16["tokens_per_s"] if cpu_bf16 else None,
+        "tokens_per_s_cpu_bf16": bf16["tokens_per_s"] if bf16 else None,
         "anchor_tokens_per_s": 5840 if batch_size == 50 else None,
-        "load_avg_1m": os.getloadavg()[0],  # other work on the machine skews CPU figures
+        "load_avg_1m": load_average(),  # other work on the machine skews CPU figures
     }
     if result["anchor_tokens_per_s"]:
         result["speedup_vs_anchor"] = result["tokens_per_s"] / result["anchor_tokens_per_s"]
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0
+    return result

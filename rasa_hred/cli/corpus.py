@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from rasa_hred.cli.common import lazy
+from rasa_hred.errors import UserError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -31,4 +32,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--vocab-size", type=int, default=10000, help="vocabulary size used for coverage figures"
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
-    stats.set_defaults(handler=lazy("rasa_hred.corpora.loaders", "stats_command"))
+    stats.set_defaults(handler=stats_command)
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    """``rasa-hred corpus stats``: load ``args.specs`` and print their statistics."""
+    from rasa_hred.corpora import corpus_stats, format_stats, load_corpus
+
+    if args.vocab_size < 0:  # before loading: a corpus can take a while
+        raise UserError(f"--vocab-size must be >= 0, got {args.vocab_size}")
+    stats = corpus_stats(load_corpus(args.specs, seed=args.seed), vocab_size=args.vocab_size)
+    if args.json:
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+    else:
+        print(format_stats(stats))
+    return 0

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import sys
+from typing import TYPE_CHECKING, Any
 
-from rasa_hred.cli.common import lazy
 from rasa_hred.errors import UserError
+
+if TYPE_CHECKING:
+    from rasa_hred.serving.generator import ResponseGenerator
 
 _DECODING_FLAGS = (
     "method",
@@ -92,7 +96,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     respond.add_argument("--n-best", type=int, default=1, metavar="K", help="replies to print")
     respond.add_argument("--json", action="store_true", help="print JSON")
     respond.add_argument("utterances", nargs="*", metavar="UTTERANCE")
-    respond.set_defaults(handler=lazy("rasa_hred.serving.chat", "respond_command"))
+    respond.set_defaults(handler=respond_command)
 
     chat = commands.add_parser(
         "chat",
@@ -110,4 +114,43 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="conversation turns the model sees (default: as in training); 1 suits models "
         "trained on single exchanges such as the chatterbot corpus",
     )
-    chat.set_defaults(handler=lazy("rasa_hred.serving.chat", "chat_command"))
+    chat.set_defaults(handler=chat_command)
+
+
+def load_generator(args: argparse.Namespace) -> ResponseGenerator:
+    """The generator of ``--model`` with the decoding flags given on top of its defaults."""
+    from rasa_hred.serving.generator import ResponseGenerator
+
+    generator = ResponseGenerator.load(
+        args.model, device=args.device, max_turns=getattr(args, "max_turns", None)
+    )
+    overrides = decoding_overrides(args)
+    if overrides:
+        generator.decoding = generator.decoding.replace(**overrides)
+    return generator
+
+
+def respond_command(args: argparse.Namespace) -> int:
+    if args.n_best < 1:
+        raise UserError(f"--n-best must be >= 1, not {args.n_best}")
+    generator = load_generator(args)
+    replies = generator.generate_n_best([args.utterances], args.n_best)[0]
+    if args.json:
+        print(json.dumps([reply.to_dict() for reply in replies], ensure_ascii=False, indent=2))
+    elif args.n_best == 1:
+        print(replies[0].text)
+    else:
+        for reply in replies:
+            score = "-" if reply.fallback else f"{reply.score:.4f}"
+            print(f"{score}\t{reply.text}")
+    return 0
+
+
+def chat_command(args: argparse.Namespace) -> int:
+    from rasa_hred.serving.chat import run_chat
+
+    generator = load_generator(args)
+    try:
+        return run_chat(generator, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
+    finally:
+        generator.close()

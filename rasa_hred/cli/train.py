@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rasa_hred.cli.common import lazy
+from rasa_hred.errors import UserError
+
+if TYPE_CHECKING:
+    from rasa_hred.core.training import TrainingConfig
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -60,7 +66,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar [on]"
     )
-    train.set_defaults(handler=lazy("rasa_hred.core.training", "train_command"))
+    train.set_defaults(handler=train_command)
 
     evaluate = commands.add_parser(
         "eval",
@@ -90,4 +96,96 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "distinct-2 and the share of unique replies",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.set_defaults(handler=lazy("rasa_hred.core.evaluation", "eval_command"))
+    evaluate.set_defaults(handler=eval_command)
+
+
+# --- rasa-hred train ----------------------------------------------------------------------
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from rasa_hred.core.training import LAST_CHECKPOINT, can_resume, end_distributed, rank_is_main
+    from rasa_hred.jobs import train_on_corpus
+
+    config = config_from_args(args)
+    out = Path(config.out)
+    if args.resume and not can_resume(out):
+        raise UserError(f"--resume: no checkpoint in {out / LAST_CHECKPOINT}")
+    if not args.resume and (out / "metrics.jsonl").exists():
+        raise UserError(
+            f"{out} already holds a training run; pass --resume to continue it or choose "
+            "another --out"
+        )
+    result = train_on_corpus(config, resume=args.resume)
+    if rank_is_main():
+        summary = {
+            "out": str(result.out),
+            "epochs": result.epochs_run,
+            "best_valid_perplexity": result.best_valid_perplexity,
+            "interrupted": result.interrupted,
+        }
+        print(json.dumps(summary))
+    end_distributed()
+    return 130 if result.interrupted else 0
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """Defaults < ``--config FILE`` < explicit flags."""
+    from dataclasses import fields
+
+    from rasa_hred.core.training import TrainingConfig
+
+    values: dict[str, Any] = {}
+    source = "training option(s)"
+    if args.config:
+        values |= read_config_file(args.config)
+        source = f"option(s) in {args.config}"
+    for f in fields(TrainingConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return TrainingConfig.from_dict(values, what=source)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML/JSON file of training options, as a mapping (its keys are checked later)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"{path}: cannot read config ({error.strerror})") from error
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as error:
+        raise UserError(f"{path}: not valid YAML/JSON ({error})") from error
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of option: value")
+    return data
+
+
+# --- rasa-hred eval -----------------------------------------------------------------------
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from rasa_hred.jobs import evaluate_on_corpus
+
+    result = evaluate_on_corpus(
+        args.model,
+        args.corpus,
+        split=args.split,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        replies=args.replies,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>34}: {value:.4f}" if isinstance(value, float) else f"{key:>34}: {value}")
+    return 0

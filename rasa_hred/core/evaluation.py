@@ -2,13 +2,13 @@
 
 ``perplexity_last_shuffled_context`` scores each dialogue's last utterance after a *foreign*
 context: a model that uses its context does clearly worse there than with its own.
+
+These take encoded dialogues; ``rasa_hred.jobs.evaluate_on_corpus`` runs them on a corpus.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from rasa_hred.core.batching import DialogueIds, encode_dialogues, iterate_batches
-from rasa_hred.core.checkpoint import load_model, resolve_device
+from rasa_hred.core.batching import DialogueIds, iterate_batches
 from rasa_hred.core.model import HRED, LossOn
 from rasa_hred.errors import UserError
 
@@ -91,40 +90,3 @@ def diversity(replies: Sequence[Sequence[str]]) -> dict[str, float]:
         "unique_reply_share": len(set(texts)) / max(1, len(texts)),
         "mean_reply_tokens": len(unigrams) / max(1, len(replies)),
     }
-
-
-def generated_diversity(model_dir: str, dialogues: Sequence[Sequence[str]], count: int) -> dict:
-    """Generate a reply for the context of up to ``count`` dialogues and measure diversity."""
-    from rasa_hred.serving.generator import ResponseGenerator
-
-    generator = ResponseGenerator.load(model_dir, device="auto")
-    contexts = [list(d[:-1]) for d in dialogues[:count]]
-    replies = []
-    for start in range(0, len(contexts), 64):
-        replies.extend(r.tokens for r in generator.generate(contexts[start : start + 64]))
-    return diversity(replies)
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    from rasa_hred.corpora.loaders import load_corpus
-
-    loaded = load_model(args.model, resolve_device(args.device))
-    training = loaded.extra.get("training", {})
-    seed = args.seed if args.seed is not None else training.get("split_seed", 0)
-    corpus = load_corpus(args.corpus, seed=seed)
-    dialogues = encode_dialogues(
-        corpus.split(args.split),
-        loaded.vocabulary,
-        max_utterance_tokens=training.get("max_utterance_tokens", 50),
-        max_turns=training.get("max_turns", 10),
-    )
-    result = {"model": str(args.model), "split": args.split}
-    result |= evaluate(loaded.model, dialogues, args.batch_size, seed)
-    if args.replies:
-        result |= generated_diversity(args.model, corpus.split(args.split), args.replies)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>34}: {value:.4f}" if isinstance(value, float) else f"{key:>34}: {value}")
-    return 0

@@ -1,15 +1,17 @@
-"""Training: ``rasa-hred train --corpus SPEC... --out DIR``.
+"""Training: the loop behind ``rasa-hred train`` and ``HREDPolicy.train``.
 
 One loop for a CPU, a GPU, or several processes under ``torchrun`` (DistributedDataParallel:
 every rank builds the same batches from the same seed and takes its own share; metrics are
 summed across ranks; only rank 0 writes). The output directory is a model directory
 (``config.json``, ``vocab.json``, ``model.safetensors`` of the best epoch) plus
-``metrics.jsonl``, ``training.png`` and ``checkpoint-last/`` for ``--resume``.
+``metrics.jsonl``, ``training.png`` and ``checkpoint-last/`` for resuming.
+
+It takes dialogues, not corpus specs: ``rasa_hred.jobs.train_on_corpus`` loads a corpus and
+calls :func:`train_model`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -19,8 +21,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from rasa_hred.core.checkpoint import (
     save_model,
 )
 from rasa_hred.core.evaluation import perplexity, score
+from rasa_hred.core.fields import check_known_keys
 from rasa_hred.core.model import HRED, HREDConfig
 from rasa_hred.core.vocab import Vocabulary
 from rasa_hred.errors import UserError
@@ -94,32 +97,17 @@ class TrainingConfig:
     progress: bool = True
 
     @classmethod
-    def from_file(cls, path: str | Path) -> dict[str, Any]:
-        """Read a YAML/JSON config file into a dict of known keys (unknown keys are an error)."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise UserError(f"{path}: cannot read config ({error.strerror})") from error
-        try:
-            if path.suffix == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text)
-        except Exception as error:
-            raise UserError(f"{path}: not valid YAML/JSON ({error})") from error
-        data = data or {}
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a config file must be a mapping of option: value")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{path}: unknown option(s) {', '.join(unknown)}")
-        if isinstance(data.get("corpus"), str):
-            data["corpus"] = [data["corpus"]]
-        return data
+    def from_dict(
+        cls, values: Mapping[str, Any], *, what: str = "training option(s)"
+    ) -> TrainingConfig:
+        """A config from a mapping of option: value (a config file, a policy's ``training``);
+        an unknown option is a ``UserError`` naming ``what``. A single corpus spec may be
+        given as a string."""
+        check_known_keys(cls, values, what, UserError)
+        options = dict(values)
+        if isinstance(options.get("corpus"), str):
+            options["corpus"] = [options["corpus"]]
+        return cls(**options)
 
     def model_config(self, vocabulary: Vocabulary) -> HREDConfig:
         return HREDConfig(
@@ -487,60 +475,31 @@ def plot_metrics(metrics_file: Path, image: Path) -> None:
 
 def train_model(
     config: TrainingConfig,
+    train: Sequence[Sequence[str]],
+    validation: Sequence[Sequence[str]],
+    vocabulary: Vocabulary | None = None,
     *,
-    extra_dialogues: Sequence[Sequence[str]] = (),
     resume: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> TrainingResult:
-    """Load the corpus, train, and leave a model directory in ``config.out``."""
-    from rasa_hred.corpora.loaders import load_corpus
-
-    corpus = load_corpus(config.corpus, seed=config.split_seed)
-    train = [*corpus.train, *extra_dialogues]
-    extra = {"corpus": {"specs": list(config.corpus), "skipped": corpus.skipped}}
-    trainer = Trainer(
-        config, train, corpus.validation, corpus.vocabulary, resume=resume, extra=extra
-    )
+    """Train on ``train`` (dialogues of space-joined tokens), validate on ``validation``, and
+    leave a model directory in ``config.out``. Without ``vocabulary`` one is built from the
+    training dialogues; ``extra`` is stored in the model's ``config.json``."""
+    trainer = Trainer(config, train, validation, vocabulary, resume=resume, extra=dict(extra or {}))
     return trainer.fit()
 
 
-def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    """Defaults < ``--config FILE`` < explicit flags."""
-    values: dict[str, Any] = {}
-    if args.config:
-        values |= TrainingConfig.from_file(args.config)
-    for f in fields(TrainingConfig):
-        given = getattr(args, f.name, None)
-        if given is not None:
-            values[f.name] = given
-    return TrainingConfig(**values)
-
-
-def train_command(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    out = Path(config.out)
-    if args.resume and not (out / LAST_CHECKPOINT / STATE_FILE).exists():
-        raise UserError(f"--resume: no checkpoint in {out / LAST_CHECKPOINT}")
-    if not args.resume and (out / "metrics.jsonl").exists():
-        raise UserError(
-            f"{out} already holds a training run; pass --resume to continue it or choose "
-            "another --out"
-        )
-    result = train_model(config, resume=args.resume)
-    if rank_is_main():
-        print(
-            json.dumps(
-                {
-                    "out": str(result.out),
-                    "epochs": result.epochs_run,
-                    "best_valid_perplexity": result.best_valid_perplexity,
-                    "interrupted": result.interrupted,
-                }
-            )
-        )
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 130 if result.interrupted else 0
+def can_resume(out: str | Path) -> bool:
+    """Whether ``out`` holds a checkpoint that ``resume=True`` can continue."""
+    return (Path(out) / LAST_CHECKPOINT / STATE_FILE).exists()
 
 
 def rank_is_main() -> bool:
+    """Whether this process reports results (always, unless it is a non-zero torchrun rank)."""
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def end_distributed() -> None:
+    """Leave the torchrun process group, if training joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

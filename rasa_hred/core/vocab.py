@@ -23,6 +23,9 @@ PLACEHOLDERS: tuple[str, ...] = (PERSON, NUMBER, CONTINUED)
 
 VOCAB_FORMAT = "rasa-hred-vocab"
 VOCAB_VERSION = 1
+# A 100k-word vocabulary with frequencies is about 2 MB of JSON; a larger file is refused
+# before it is read.
+MAX_VOCAB_FILE_BYTES = 64 * 1024 * 1024
 
 # --- tokenizer ----------------------------------------------------------------------------
 
@@ -93,17 +96,28 @@ _TOKEN_RE = re.compile(
 _DIGITS_RE = re.compile(r"\d+")
 
 
-def _normalise(text: str) -> str:
+def _normalise(text: str, max_chars: int | None = None) -> str:
+    if max_chars is not None:
+        text = text[:max_chars]
     if text.isascii():
         return _INVISIBLE_RE.sub("", text.replace("`", "'").lower())
     # Quotes are mapped before NFKC (which turns the acute accent into a combining mark) and
     # after it (NFKC turns some compatibility characters into quotes).
-    text = unicodedata.normalize("NFKC", text.translate(_QUOTES)).translate(_QUOTES).lower()
-    text = unicodedata.normalize("NFKC", text)  # lower() can produce decomposed characters
+    text = unicodedata.normalize("NFKC", text.translate(_QUOTES))
+    if max_chars is not None:
+        text = text[:max_chars]  # NFKC can make a text 18 times longer (U+FDFA)
+    # lower() can produce decomposed characters: normalise again.
+    text = unicodedata.normalize("NFKC", text.translate(_QUOTES).lower())
     return _INVISIBLE_RE.sub("", text)
 
 
-def tokenize(text: str, *, map_numbers: bool = True) -> list[str]:
+def tokenize(
+    text: str,
+    *,
+    map_numbers: bool = True,
+    max_chars: int | None = None,
+    max_tokens: int | None = None,
+) -> list[str]:
     """Split ``text`` into MovieTriples-style tokens.
 
     - NFKC-normalised, curly quotes and apostrophes turned into ASCII ``'`` and ``"``, lower
@@ -118,9 +132,17 @@ def tokenize(text: str, *, map_numbers: bool = True) -> list[str]:
 
     Idempotent: ``tokenize(" ".join(tokenize(x))) == tokenize(x)``, so already tokenized
     corpus text passes through unchanged.
+
+    Bounds for text of any size (``ResponseGenerator.prepare_context`` uses both):
+    ``max_chars`` reads only the first ``max_chars`` characters of ``text``, and of its NFKC
+    form (which can be 18 times longer), so the work is linear in ``max_chars``, not in
+    ``len(text)``; ``max_tokens`` gives ``tokenize(text)[:max_tokens]`` without scanning past
+    that token.
     """
     tokens: list[str] = []
-    for match in _TOKEN_RE.finditer(_normalise(text)):
+    if max_tokens is not None and max_tokens <= 0:
+        return tokens
+    for match in _TOKEN_RE.finditer(_normalise(text, max_chars)):
         kind = match.lastgroup
         token = match.group()
         if map_numbers and (
@@ -128,6 +150,8 @@ def tokenize(text: str, *, map_numbers: bool = True) -> list[str]:
         ):
             token = NUMBER
         tokens.append(token)
+        if len(tokens) == max_tokens:
+            break
     return tokens
 
 
@@ -357,9 +381,16 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        """Read a vocabulary written by ``save``; ``UserError`` when it is missing or invalid."""
+        """Read a vocabulary written by ``save``; ``UserError`` when it is missing, invalid or
+        larger than ``MAX_VOCAB_FILE_BYTES``."""
         path = Path(path)
         try:
+            size = path.stat().st_size
+            if size > MAX_VOCAB_FILE_BYTES:
+                raise UserError(
+                    f"{path}: the vocabulary file has {size} bytes, more than the limit of "
+                    f"{MAX_VOCAB_FILE_BYTES}"
+                )
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise UserError(f"{path}: vocabulary file not found") from None
@@ -378,6 +409,8 @@ class Vocabulary:
                 f"{path}: not a vocabulary file (invalid JSON at line {error.lineno}, "
                 f"column {error.colno}: {error.msg})"
             ) from None
+        except (ValueError, RecursionError) as error:  # an over-long integer, deep nesting
+            raise UserError(f"{path}: not a vocabulary file ({error})") from None
         if not isinstance(payload, dict) or payload.get("format") != VOCAB_FORMAT:
             raise UserError(f'{path}: not a vocabulary file (no "format": "{VOCAB_FORMAT}")')
         if payload.get("version") != VOCAB_VERSION:

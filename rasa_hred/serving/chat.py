@@ -1,4 +1,4 @@
-"""``rasa-hred respond`` and ``rasa-hred chat``: a model's replies on the command line.
+"""The chat REPL behind ``rasa-hred chat``: one conversation with a model in a terminal.
 
 The chat keeps one history: the user's lines and the bot's replies, in order, nothing else
 (commands, blank lines and banners never reach the model; the seed's bridge fed such junk
@@ -8,13 +8,8 @@ banners, only replies and command output, one line each, so it can be scripted.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import TextIO
 
-from rasa_hred.cli.generate import decoding_overrides
-from rasa_hred.errors import UserError
 from rasa_hred.serving.generator import Reply, ResponseGenerator
 
 HELP = """commands:
@@ -22,32 +17,6 @@ HELP = """commands:
   /reset    start a new conversation
   /help     this text
   /quit     leave (so does Ctrl-D)"""
-
-
-def load_generator(args: argparse.Namespace) -> ResponseGenerator:
-    generator = ResponseGenerator.load(
-        args.model, device=args.device, max_turns=getattr(args, "max_turns", None)
-    )
-    overrides = decoding_overrides(args)
-    if overrides:
-        generator.decoding = generator.decoding.replace(**overrides)
-    return generator
-
-
-def respond_command(args: argparse.Namespace) -> int:
-    if args.n_best < 1:
-        raise UserError(f"--n-best must be >= 1, not {args.n_best}")
-    generator = load_generator(args)
-    replies = generator.generate_n_best([args.utterances], args.n_best)[0]
-    if args.json:
-        print(json.dumps([reply.to_dict() for reply in replies], ensure_ascii=False, indent=2))
-    elif args.n_best == 1:
-        print(replies[0].text)
-    else:
-        for reply in replies:
-            score = "-" if reply.fallback else f"{reply.score:.4f}"
-            print(f"{score}\t{reply.text}")
-    return 0
 
 
 class ChatSession:
@@ -77,6 +46,7 @@ def run_chat(
     *,
     interactive: bool,
 ) -> int:
+    """Chat until ``/quit`` or EOF; ``interactive`` adds the prompt and the banner."""
     session = ChatSession(generator)
 
     def say(line: str) -> None:
@@ -112,11 +82,3 @@ def run_chat(
             continue
         reply = session.reply_to(text)
         say(f"bot: {reply.text}")
-
-
-def chat_command(args: argparse.Namespace) -> int:
-    generator = load_generator(args)
-    try:
-        return run_chat(generator, sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
-    finally:
-        generator.close()

@@ -5,7 +5,8 @@ server share, so that the same conversation gets the same context and the same r
 whichever way it arrives:
 
 - ``prepare_context`` holds the context rules (last ``max_turns`` non-empty utterances, each
-  tokenized and cut to ``max_utterance_tokens``, as ``<s> .. </s>`` ids);
+  tokenized and cut to ``max_utterance_tokens``, as ``<s> .. </s>`` ids), with a bounded
+  cost for utterances of any length;
 - ``generate`` / ``generate_n_best`` decode many conversations in one batch (thread-safe:
   one lock around the model) and apply the safety valves: a blocklist of words or phrases a
   reply may not contain (the next-best candidate is taken, ``fallback_reply`` when none is
@@ -13,21 +14,16 @@ whichever way it arrives:
   empty text;
 - ``agenerate`` is the asyncio entry point: concurrent requests are gathered for a few
   milliseconds (or until ``max_batch_size``) and decoded as one batch in a worker thread,
-  so the event loop never waits on a forward pass.
+  so the event loop never waits on a forward pass (``rasa_hred.serving.batcher``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import threading
-import time
-import weakref
-from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,10 +33,16 @@ from rasa_hred.core.checkpoint import CheckpointError, load_model, resolve_devic
 from rasa_hred.core.decoding import DecodingConfig, DecodingError, Hypothesis, decode
 from rasa_hred.core.model import HRED
 from rasa_hred.core.vocab import Vocabulary, detokenize, tokenize
+from rasa_hred.serving.batcher import BatchStats, MicroBatcher
 
 DEFAULT_FALLBACK = "Sorry, I don't know what to say."
 DEFAULT_MAX_TURNS = 9  # training windows hold 10 turns: 9 of context and the reply
 DEFAULT_MAX_UTTERANCE_TOKENS = 50  # as in training
+# An utterance is read up to this many characters per token of ``max_utterance_tokens``
+# (1000 characters for 50 tokens), before and after NFKC normalisation, so that a 1 MB message
+# costs what a long normal one does (and keeps the event loop free in ``agenerate``). Ordinary
+# text has about 5 characters per token, so its first tokens are never cut differently.
+MAX_CHARS_PER_TOKEN = 20
 DEFAULT_MAX_REPLY_CHARS = 500
 
 Overlong = Literal["cut", "skip"]
@@ -71,37 +73,6 @@ class Reply:
             "tokens": self.tokens,
             "token_log_probs": [number(v) for v in self.token_log_probs],
             "fallback": self.fallback,
-        }
-
-
-@dataclass
-class BatchStats:
-    """What the micro-batcher did (a server can report these)."""
-
-    batches: int = 0
-    requests: int = 0
-    largest_batch: int = 0
-    busy_seconds: float = 0.0
-    sizes: Counter[int] = field(default_factory=Counter)  # batch size -> batches
-    last_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100))
-
-    def record(self, size: int, seconds: float) -> None:
-        self.batches += 1
-        self.requests += size
-        self.largest_batch = max(self.largest_batch, size)
-        self.busy_seconds += seconds
-        self.sizes[size] += 1
-        self.last_sizes.append(size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "batches": self.batches,
-            "requests": self.requests,
-            "largest_batch": self.largest_batch,
-            "mean_batch": self.requests / self.batches if self.batches else 0.0,
-            "busy_seconds": round(self.busy_seconds, 6),
-            "sizes": dict(sorted(self.sizes.items())),
-            "last_sizes": list(self.last_sizes),
         }
 
 
@@ -136,8 +107,6 @@ class ResponseGenerator:
             raise ValueError("fallback_reply must not be empty")
         if overlong not in ("cut", "skip"):
             raise ValueError(f"overlong must be 'cut' or 'skip', not {overlong!r}")
-        if max_batch_size < 1 or batch_wait_ms < 0:
-            raise ValueError("max_batch_size must be >= 1 and batch_wait_ms >= 0")
         self.model = model.eval()
         self.vocabulary = vocabulary
         self.decoding = decoding or DecodingConfig()
@@ -145,22 +114,20 @@ class ResponseGenerator:
         self.device = model.embedding.weight.device
         self.max_turns = max_turns
         self.max_utterance_tokens = max_utterance_tokens
+        self.max_utterance_chars = MAX_CHARS_PER_TOKEN * max_utterance_tokens
         self.blocklist = [b for b in (tuple(tokenize(w)) for w in blocklist) if b]
         self.fallback_reply = fallback_reply.strip()
         self.max_reply_chars = max_reply_chars
         self.overlong = overlong
         self.placeholders = dict(placeholders or {})
-        self.batching = batching
-        self.batch_wait_ms = batch_wait_ms
-        self.max_batch_size = max_batch_size
-        self.stats = BatchStats()
         self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
-            weakref.WeakKeyDictionary()
+        self._batcher: MicroBatcher[list[list[int]], Reply] = MicroBatcher(
+            self._generate_batch,
+            enabled=batching,
+            batch_wait_ms=batch_wait_ms,
+            max_batch_size=max_batch_size,
+            thread_name="rasa-hred-generate",
         )
-        self._closed = False
 
     @classmethod
     def load(
@@ -214,7 +181,8 @@ class ResponseGenerator:
         Utterances that tokenize to nothing are dropped, then the last ``max_turns`` are
         kept, each cut to its first ``max_utterance_tokens`` tokens (as in training) and
         wrapped in ``<s> .. </s>``. An empty result is fine: the model then opens the
-        conversation."""
+        conversation. Only the first ``max_utterance_chars`` characters of an utterance are
+        read, so the cost per utterance is bounded whatever its length."""
         if isinstance(utterances, str):
             raise TypeError("a context is a list of utterances, not a single string")
         for utterance in utterances:
@@ -224,14 +192,15 @@ class ResponseGenerator:
         for utterance in reversed(utterances):
             if len(kept) == self.max_turns:
                 break
-            tokens = tokenize(utterance)
+            tokens = tokenize(
+                utterance,
+                max_chars=self.max_utterance_chars,
+                max_tokens=self.max_utterance_tokens,
+            )
             if tokens:
                 kept.append(tokens)
         v = self.vocabulary
-        return [
-            [v.bos_id, *v.encode(tokens[: self.max_utterance_tokens]), v.eos_id]
-            for tokens in reversed(kept)
-        ]
+        return [[v.bos_id, *v.encode(tokens), v.eos_id] for tokens in reversed(kept)]
 
     # --- generation -------------------------------------------------------------------
 
@@ -336,98 +305,34 @@ class ResponseGenerator:
         if a batch fails, its requests are retried one by one so that an error reaches
         only the caller whose request caused it. With ``batching=False`` each request
         runs alone (in the same worker thread)."""
-        if self._closed:
+        if self._batcher.closed:
             raise RuntimeError("the ResponseGenerator is closed")
-        prepared = self.prepare_context(context)
-        loop = asyncio.get_running_loop()
-        if not self.batching:
-            started = time.perf_counter()
-            replies = await loop.run_in_executor(
-                self._worker(), self._generate_ids, [prepared], 1, self.decoding
-            )
-            self.stats.record(1, time.perf_counter() - started)
-            return replies[0][0]
-        queue = self._loops.get(loop)
-        if queue is None:
-            queue = self._loops[loop] = _LoopQueue()
-        future: asyncio.Future[Reply] = loop.create_future()
-        queue.pending.append((prepared, future, loop.time()))
-        if len(queue.pending) >= self.max_batch_size:
-            queue.wake.set()  # a full batch need not wait out batch_wait_ms
-        if queue.task is None or queue.task.done():
-            queue.task = loop.create_task(self._drain(queue))
-        return await future
+        return await self._batcher.submit(self.prepare_context(context))
 
-    async def _drain(self, queue: _LoopQueue) -> None:
-        """The per-loop batching task: runs until nothing is pending, then ends."""
-        loop = asyncio.get_running_loop()
-        wait = self.batch_wait_ms / 1000.0
-        while queue.pending:
-            deadline = queue.pending[0][2] + wait
-            while len(queue.pending) < self.max_batch_size:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                queue.wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(queue.wake.wait(), remaining)
-            batch = [
-                queue.pending.popleft() for _ in range(min(self.max_batch_size, len(queue.pending)))
-            ]
-            batch = [item for item in batch if not item[1].done()]  # cancelled callers
-            if batch:
-                await self._run_batch(batch)
+    def _generate_batch(self, contexts: list[list[list[int]]]) -> list[Reply]:
+        """The batcher's work: one reply per prepared context, with the current decoding."""
+        return [replies[0] for replies in self._generate_ids(contexts, 1, self.decoding)]
 
-    async def _run_batch(
-        self, batch: list[tuple[list[list[int]], asyncio.Future[Reply], float]]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        contexts = [item[0] for item in batch]
-        started = time.perf_counter()
-        try:
-            replies = await loop.run_in_executor(
-                self._worker(), self._generate_ids, contexts, 1, self.decoding
-            )
-        except Exception as error:
-            self.stats.record(len(batch), time.perf_counter() - started)
-            if len(batch) == 1:
-                if not batch[0][1].done():
-                    batch[0][1].set_exception(error)
-                return
-            for item in batch:  # find the culprit(s): every request alone
-                await self._run_batch([item])
-            return
-        self.stats.record(len(batch), time.perf_counter() - started)
-        for (_, future, _), reply in zip(batch, replies, strict=True):
-            if not future.done():
-                future.set_result(reply[0])
+    @property
+    def batching(self) -> bool:
+        return self._batcher.enabled
 
-    def _worker(self) -> ThreadPoolExecutor:
-        if self._closed:
-            raise RuntimeError("the ResponseGenerator is closed")
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="rasa-hred-generate"
-                )
-            return self._executor
+    @property
+    def batch_wait_ms(self) -> float:
+        return self._batcher.batch_wait_ms
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._batcher.max_batch_size
+
+    @property
+    def stats(self) -> BatchStats:
+        """What the micro-batcher did so far."""
+        return self._batcher.stats
 
     def close(self) -> None:
         """Stop the worker thread (after the batch it is running); idempotent."""
-        self._closed = True
-        with self._executor_lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
-
-
-class _LoopQueue:
-    """Requests waiting on one event loop (the batcher works on every loop it is used on)."""
-
-    def __init__(self) -> None:
-        self.pending: deque[tuple[list[list[int]], asyncio.Future[Reply], float]] = deque()
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
+        self._batcher.close()
 
 
 def _cut(text: str, limit: int) -> str:

@@ -1,0 +1,206 @@
+"""Corpus specs: which loader reads a path, and how several sources become one ``Corpus``.
+
+A corpus *spec* is a path, optionally prefixed with its format:
+
+- ``movietriples:DIR`` (or a directory holding ``Training.triples.pkl``): the MovieTriples
+  pickles; the corpus keeps its own splits and brings its own dictionary;
+- ``text:FILE`` (or a ``.txt``/``.tsv``/``.dialogues`` file): one dialogue per line, utterances
+  separated by tabs or by ``</s>`` (``<s>``/``</s>`` markers are stripped);
+- ``chatterbot:FILE_OR_DIR`` or ``chatterbot:LANGUAGE`` (e.g. ``chatterbot:english``, the data
+  of the installed ``chatterbot-corpus`` package): YAML with ``conversations:``;
+- ``rasa:FILE_OR_DIR``: Rasa stories/rules YAML with end-to-end text (``- user: ...``,
+  ``- bot: ...``); consecutive turns of one speaker are merged.
+
+A ``.yml``/``.yaml`` file without prefix is detected by its content, and a directory without
+prefix loads every YAML and text file in it (YAML files holding neither conversations nor
+stories, such as ``nlu.yml`` or ``domain.yml``, are passed over and reported).
+
+A new format is a module beside this one (a loader taking a path and a
+``DialogueCollector``) plus its prefix in ``FORMATS`` and a branch in ``_load_spec``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rasa_hred.core.vocab import Vocabulary
+from rasa_hred.corpora.base import (
+    SPLIT_NAMES,
+    YAML_SUFFIXES,
+    Corpus,
+    CorpusError,
+    Dialogue,
+    DialogueCollector,
+    check_fractions,
+    read_yaml,
+    split_dialogues,
+)
+from rasa_hred.corpora.chatterbot import (
+    chatterbot_dialogues,
+    chatterbot_language_files,
+    holds_conversations,
+)
+from rasa_hred.corpora.movietriples import is_movietriples, load_movietriples
+from rasa_hred.corpora.rasa_stories import holds_stories, rasa_dialogues
+from rasa_hred.corpora.text import TEXT_SUFFIXES, load_text
+
+FORMATS = ("movietriples", "text", "chatterbot", "rasa")
+
+
+@dataclass
+class _Source:
+    """What one spec brought: its own splits (MovieTriples) or dialogues still to split."""
+
+    description: str
+    dialogues: list[Dialogue] = field(default_factory=list)
+    splits: dict[str, list[Dialogue]] | None = None
+    vocabulary: Vocabulary | None = None
+
+
+def load_corpus(
+    specs: str | Sequence[str],
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
+    map_numbers: bool = True,
+) -> Corpus:
+    """Load and combine corpus specs (see the module docstring).
+
+    Sources with their own splits (MovieTriples) keep them; all other dialogues are pooled, in
+    spec order, and split by :func:`split_dialogues` with ``seed``. When a MovieTriples source
+    is present its dictionary becomes :attr:`Corpus.vocabulary`.
+    """
+    if isinstance(specs, (str, Path)):
+        specs = [str(specs)]
+    specs = [str(spec) for spec in specs]
+    if not specs:
+        raise CorpusError("no corpus spec given")
+    check_fractions(fractions)
+    collector = DialogueCollector(map_numbers)
+    own: dict[str, list[Dialogue]] = {name: [] for name in SPLIT_NAMES}
+    pooled: list[Dialogue] = []
+    vocabulary: Vocabulary | None = None
+    sources: list[str] = []
+    for spec in specs:
+        source = _load_spec(spec, collector)
+        sources.append(source.description)
+        if source.splits is not None:
+            for name in SPLIT_NAMES:
+                own[name] += source.splits[name]
+        pooled += source.dialogues
+        if source.vocabulary is not None:
+            if vocabulary is not None and vocabulary != source.vocabulary:
+                raise CorpusError(
+                    f"corpus spec {spec!r}: its MovieTriples dictionary differs from the one of "
+                    "an earlier spec; combine MovieTriples corpora that share one dictionary"
+                )
+            vocabulary = source.vocabulary
+    train, validation, test = split_dialogues(pooled, seed=seed, fractions=fractions)
+    corpus = Corpus(
+        train=own["train"] + train,
+        validation=own["validation"] + validation,
+        test=own["test"] + test,
+        vocabulary=vocabulary,
+        skipped=dict(collector.skipped),
+        sources=sources,
+    )
+    if not (corpus.train or corpus.validation or corpus.test):
+        detail = "; ".join(f"{reason}: {count}" for reason, count in collector.skipped.items())
+        raise CorpusError(
+            f"empty corpus: no dialogue with at least 2 utterances in {', '.join(specs)}"
+            + (f" (skipped: {detail})" if detail else "")
+        )
+    return corpus
+
+
+def _load_spec(spec: str, collector: DialogueCollector) -> _Source:
+    fmt, path_text = _split_prefix(spec)
+    if fmt == "chatterbot" and not Path(path_text).expanduser().exists():
+        directory, files = chatterbot_language_files(path_text, spec)
+        dialogues: list[Dialogue] = []
+        for file in files:
+            dialogues += _load_yaml_file(file, "chatterbot", collector) or []
+        return _Source(f"chatterbot:{path_text} ({directory}, {len(files)} files)", dialogues)
+    path = _existing_path(path_text, spec)
+
+    if fmt == "movietriples" or (fmt is None and is_movietriples(path)):
+        splits, vocabulary = load_movietriples(path, collector)
+        return _Source(f"movietriples:{path}", splits=splits, vocabulary=vocabulary)
+
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and (
+                (fmt in (None, "chatterbot", "rasa") and p.suffix in YAML_SUFFIXES)
+                or (fmt in (None, "text") and p.suffix in TEXT_SUFFIXES)
+            )
+        )
+        if not files:
+            wanted = "YAML or text" if fmt is None else fmt
+            raise CorpusError(f"{path}: no {wanted} corpus files in the directory")
+        dialogues = []
+        for file in files:
+            if file.suffix in TEXT_SUFFIXES:
+                dialogues += load_text(file, collector)
+            else:
+                dialogues += _load_yaml_file(file, fmt, collector, in_directory=True) or []
+        return _Source(f"{fmt or 'dir'}:{path} ({len(files)} files)", dialogues)
+
+    if fmt == "text" or (fmt is None and path.suffix.lower() in TEXT_SUFFIXES):
+        return _Source(f"text:{path}", load_text(path, collector))
+    if fmt in ("chatterbot", "rasa") or path.suffix.lower() in YAML_SUFFIXES:
+        dialogues = _load_yaml_file(path, fmt, collector) or []
+        return _Source(f"{fmt or 'yaml'}:{path}", dialogues)
+    raise CorpusError(
+        f"{path}: unknown corpus format (suffix {path.suffix or 'none'}); prefix the spec with "
+        f"{', '.join(f + ':' for f in FORMATS)} or use a .txt/.tsv/.dialogues/.yml file"
+    )
+
+
+def _load_yaml_file(
+    path: Path, fmt: str | None, collector: DialogueCollector, *, in_directory: bool = False
+) -> list[Dialogue] | None:
+    data = read_yaml(path)
+    if fmt is None:
+        if holds_conversations(data):
+            fmt = "chatterbot"
+        elif holds_stories(data):
+            fmt = "rasa"
+        elif in_directory:
+            collector.skip(f"{path}: YAML file without conversations, stories or rules")
+            return None
+        else:
+            raise CorpusError(
+                f"{path}: YAML holds neither chatterbot 'conversations:' nor Rasa 'stories:' "
+                "or 'rules:'"
+            )
+    if fmt == "chatterbot":
+        return chatterbot_dialogues(data, path, collector)
+    return rasa_dialogues(data, path, collector)
+
+
+def _split_prefix(spec: str) -> tuple[str | None, str]:
+    match = re.fullmatch(r"([A-Za-z][A-Za-z0-9_-]+):(.*)", spec, flags=re.DOTALL)
+    if match is None or Path(spec).expanduser().exists():
+        return None, spec
+    prefix = match.group(1).lower()
+    if prefix not in FORMATS:
+        raise CorpusError(
+            f"corpus spec {spec!r}: unknown format {prefix!r} (and no such path); "
+            f"use one of {', '.join(f + ':' for f in FORMATS)} or a path"
+        )
+    return prefix, match.group(2)
+
+
+def _existing_path(path_text: str, spec: str) -> Path:
+    if not path_text:
+        raise CorpusError(f"corpus spec {spec!r}: no path given")
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise CorpusError(f"corpus spec {spec!r}: no such file or directory: {path}")
+    return path
