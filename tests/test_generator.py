@@ -289,6 +289,11 @@ def test_load_errors_are_checkpoint_errors(tmp_path, model, vocab):
     save_model(tmp_path / "bad", model, vocab, extra={"decoding": {"beams": 3}})
     with pytest.raises(CheckpointError, match="decoding"):
         ResponseGenerator.load(tmp_path / "bad", device="cpu")
+    for training in ({"max_turns": -5}, {"max_turns": "ten"}, {"max_utterance_tokens": 0}, [4]):
+        save_model(tmp_path / "bad", model, vocab, extra={"training": training})
+        with pytest.raises(CheckpointError, match="training") as info:
+            ResponseGenerator.load(tmp_path / "bad", device="cpu")
+        assert "bad" in str(info.value)
 
 
 # --- the asyncio micro-batcher -------------------------------------------------------------

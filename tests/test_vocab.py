@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import unicodedata
 
 import pytest
 
+from rasa_hred.core import vocab as vocab_module
 from rasa_hred.core.vocab import (
     BOS,
     CONTINUED,
@@ -116,6 +118,26 @@ def test_tokenize_idempotent_fuzz():
             tokens = tokenize(text, map_numbers=map_numbers)
             assert all(token and " " not in token for token in tokens)
             assert tokenize(" ".join(tokens), map_numbers=map_numbers) == tokens, text
+
+
+def test_tokenize_max_tokens_is_a_prefix():
+    pool = ["hello", "I'm", "3.5", "<person>", "\u2019", "\ufdfa", "\u200b", ",", "  ", "x1"]
+    rng = random.Random(1)
+    for _ in range(500):
+        text = " ".join(rng.choice(pool) for _ in range(rng.randint(0, 30)))
+        tokens = tokenize(text)
+        for n in (0, 1, 5, 50):
+            assert tokenize(text, max_tokens=n) == tokens[:n], (text, n)
+
+
+def test_tokenize_max_chars_bounds_the_text_before_and_after_nfkc():
+    text = "Hello, World! " * 10
+    assert tokenize(text, max_chars=14) == ["hello", ",", "world", "!"]
+    assert tokenize(text, max_chars=len(text)) == tokenize(text)
+    # U+FDFA is one character and 18 after NFKC: both are cut to max_chars
+    assert tokenize("\ufdfa") == ["صلى", "الله", "عليه", "وسلم"]
+    nfkc = unicodedata.normalize("NFKC", "\ufdfa" * 2)
+    assert tokenize("\ufdfa" * 100_000, max_chars=20) == tokenize(nfkc[:20])
 
 
 # --- detokenize ---------------------------------------------------------------------------
@@ -261,6 +283,24 @@ def test_load_bad_files(tmp_path, content, message):
     with pytest.raises(UserError, match=message) as info:
         Vocabulary.load(path)
     assert str(path) in str(info.value)
+
+
+def test_load_refuses_oversized_and_hostile_json(tmp_path, monkeypatch):
+    path = tmp_path / "vocab.json"
+    Vocabulary.build([["hello"]]).save(path)
+    monkeypatch.setattr(vocab_module, "MAX_VOCAB_FILE_BYTES", path.stat().st_size - 1)
+    with pytest.raises(UserError, match=r"bytes, more than the limit of \d+") as info:
+        Vocabulary.load(path)
+    assert str(path) in str(info.value)
+    monkeypatch.undo()
+    assert len(Vocabulary.load(path)) == 8
+    for content in (  # an integer past Python's 4300-digit limit; nesting past the stack
+        b'{"format": "rasa-hred-vocab", "version": 1, "frequencies": [' + b"9" * 5000 + b"]}",
+        b"[" * 100_000 + b"]" * 100_000,
+    ):
+        path.write_bytes(content)
+        with pytest.raises(UserError, match="not a vocabulary file"):
+            Vocabulary.load(path)
 
 
 def test_load_missing_file(tmp_path):

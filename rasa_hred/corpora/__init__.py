@@ -6,7 +6,7 @@ plain-data unpickler), ``specs`` (which loader reads a spec, and combining), ``s
 Depends on ``rasa_hred.core.vocab`` only; nothing here imports Rasa or Sanic.
 """
 
-from rasa_hred.corpora.base import Corpus, CorpusError, Dialogue, split_dialogues
+from rasa_hred.corpora.base import Corpus, CorpusError, Dialogue, merge_turns, split_dialogues
 from rasa_hred.corpora.movietriples import load_movietriples_dict
 from rasa_hred.corpora.pickles import restricted_load
 from rasa_hred.corpora.specs import FORMATS, load_corpus
@@ -21,6 +21,7 @@ __all__ = [
     "format_stats",
     "load_corpus",
     "load_movietriples_dict",
+    "merge_turns",
     "restricted_load",
     "split_dialogues",
 ]

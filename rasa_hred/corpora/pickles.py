@@ -191,9 +191,11 @@ def _check_tuple_nesting(data: bytes, source: str) -> None:
             if name == "MARK":
                 marks.append(len(stack))
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(arg, 0))
+                stack.append(memo.get(arg, 0) if isinstance(arg, int) else 0)
             elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1] if stack else 0
+                index = len(memo) if name == "MEMOIZE" else arg
+                if isinstance(index, int):
+                    memo[index] = stack[-1] if stack else 0
             elif name == "DUP":
                 stack.append(stack[-1] if stack else 0)
             elif name == "POP" and marks and marks[-1] == len(stack):
@@ -204,10 +206,13 @@ def _check_tuple_nesting(data: bytes, source: str) -> None:
                 if pickletools.markobject in op.stack_before:
                     if not marks:
                         return  # the unpickler fails here
-                    popped, stack[marks[-1] :] = stack[marks.pop() :], []
+                    mark = marks.pop()
+                    popped = stack[mark:]
+                    del stack[mark:]
                     below = op.stack_before.index(pickletools.markobject)
                 if below:
-                    popped, stack[-below:] = popped + stack[-below:], []
+                    popped += stack[-below:]
+                    del stack[-below:]
                 depth = 1 + max(popped, default=0) if name in _TUPLE_MAKERS else 0
                 if depth > _MAX_TUPLE_NESTING:
                     raise CorpusError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import reprlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -146,6 +147,8 @@ class ResponseGenerator:
         (bf16 autocast is used on CUDA only). Errors are ``CheckpointError``s."""
         loaded = load_model(model_dir, device=resolve_device(device))
         training = loaded.extra.get("training") or {}
+        if not isinstance(training, Mapping):
+            raise CheckpointError(f"{model_dir}: config.json 'training' is not a mapping")
         if decoding is None:
             stored = loaded.extra.get("decoding")
             if stored is not None:
@@ -158,10 +161,11 @@ class ResponseGenerator:
         if dtype is None and loaded.model.embedding.weight.device.type == "cuda":
             dtype = torch.bfloat16 if training.get("bf16", False) else None
         if max_turns is None:
-            max_turns = max(1, int(training.get("max_turns", DEFAULT_MAX_TURNS + 1)) - 1)
+            window = _stored_count(training, "max_turns", DEFAULT_MAX_TURNS + 1, model_dir)
+            max_turns = max(1, window - 1)  # a training window holds the reply too
         if max_utterance_tokens is None:
-            max_utterance_tokens = int(
-                training.get("max_utterance_tokens", DEFAULT_MAX_UTTERANCE_TOKENS)
+            max_utterance_tokens = _stored_count(
+                training, "max_utterance_tokens", DEFAULT_MAX_UTTERANCE_TOKENS, model_dir
             )
         return cls(
             loaded.model,
@@ -333,6 +337,19 @@ class ResponseGenerator:
     def close(self) -> None:
         """Stop the worker thread (after the batch it is running); idempotent."""
         self._batcher.close()
+
+
+def _stored_count(
+    training: Mapping[str, Any], key: str, default: int, model_dir: str | Path
+) -> int:
+    """A positive integer of config.json's ``training`` section (``default`` when absent)."""
+    value = training.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(
+            f"{model_dir}: config.json 'training.{key}' must be a positive integer, "
+            f"got {reprlib.repr(value)}"
+        )
+    return value
 
 
 def _cut(text: str, limit: int) -> str:
