@@ -7,7 +7,11 @@
 
 Alexa posts to ``/webhooks/alexa/webhook``; ``GET /webhooks/alexa/`` is a health check.
 Every request is verified (certificate chain, signature of the raw body, timestamp, skill
-id) before anything else; a request that fails is answered 400 and never reaches Rasa.
+id) before anything else; a request that fails is answered 400 and never reaches Rasa. A body
+over :data:`MAX_BODY_BYTES` is answered 413 while it streams in: the route reads the body
+itself, so Sanic never buffers more than that (its own limit, ``REQUEST_MAX_SIZE``, is 100 MB
+and belongs to the whole ``rasa run`` app). A malformed ``Content-Length`` is answered 400 on
+every route of the app (:func:`refuse_malformed_content_length`).
 
 What each kind of request does is decided in :mod:`alexa_connector.turns` (see the table
 there and docs/alexa.md for the reasons); this module does the I/O around it. All bot
@@ -27,6 +31,7 @@ from typing import Any
 
 from rasa.core.channels.channel import CollectingOutputChannel, InputChannel, UserMessage
 from sanic import Blueprint, response
+from sanic.exceptions import InvalidUsage, PayloadTooLarge
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
@@ -56,9 +61,18 @@ from alexa_connector.verification import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_BODY_BYTES", "AlexaConnector", "AlexaOutputChannel"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "AlexaConnector",
+    "AlexaOutputChannel",
+    "BodyRefused",
+    "declared_length",
+    "read_body",
+    "refuse_malformed_content_length",
+]
 
-#: Requests with a larger body are refused before any cryptography is done.
+#: Requests with a larger body are refused (413) before it is read in full (Alexa's requests
+#: are a few KB).
 MAX_BODY_BYTES = 256 * 1024
 #: On server stop, turns that outlived their reply timeout get this long to finish.
 SHUTDOWN_GRACE_S = 10.0
@@ -140,13 +154,20 @@ class AlexaConnector(InputChannel):
             f"alexa_webhook_{type(self).__name__}", module.__name__ if module else None
         )
 
+        alexa_webhook.signal("http.lifecycle.request")(refuse_malformed_content_length)
+
         @alexa_webhook.route("/", methods=["GET"])
         async def health(request: Request) -> HTTPResponse:
             return response.json({"status": "ok"})
 
-        @alexa_webhook.route("/webhook", methods=["POST"])
+        # stream=True: Sanic hands over the body unread, so read_body can stop at the limit.
+        @alexa_webhook.route("/webhook", methods=["POST"], stream=True)
         async def receive(request: Request) -> HTTPResponse:
-            return await self.handle_http(request.headers, request.body, on_new_message)
+            try:
+                body = await read_body(request, MAX_BODY_BYTES)
+            except BodyRefused as exc:
+                return _refused(exc)
+            return await self.handle_http(request.headers, body, on_new_message)
 
         @alexa_webhook.listener("before_server_stop")
         async def finish_pending(app: Any, loop: Any) -> None:
@@ -159,17 +180,20 @@ class AlexaConnector(InputChannel):
         self, headers: Mapping[str, str], body: bytes | None, on_new_message: OnNewMessage
     ) -> HTTPResponse:
         """Verify one raw request and answer it (400 for anything that fails verification
-        or is malformed; never 500)."""
+        or is malformed, 413 for a body over the limit, 503 while every certificate download
+        slot is busy; never 500)."""
         body = body or b""
+        if len(body) > MAX_BODY_BYTES:
+            return _refused(_too_large(MAX_BODY_BYTES))
         try:
-            if len(body) > MAX_BODY_BYTES:
-                raise VerificationError("request body is too large")
             request_json = await self._verified_json(headers, body)
             alexa_user_id(request_json)  # fail early (400) when there is nobody to talk to
-        except (VerificationError, AlexaRequestError) as exc:
-            reason = exc.reason if isinstance(exc, VerificationError) else str(exc)
-            logger.warning("Rejected an Alexa request: %s", reason)
-            return response.json({"error": reason}, status=400)
+        except VerificationError as exc:
+            logger.warning("Rejected an Alexa request: %s", exc.reason)
+            return response.json({"error": exc.reason}, status=exc.status)
+        except AlexaRequestError as exc:
+            logger.warning("Rejected an Alexa request: %s", exc)
+            return response.json({"error": str(exc)}, status=400)
 
         try:
             reply = await self.handle_request(request_json, on_new_message)
@@ -277,6 +301,109 @@ class AlexaConnector(InputChannel):
     def pending(self) -> int:
         """How many turns are still running after their reply timeout."""
         return sum(1 for task in self._pending if not task.done())
+
+
+class BodyRefused(Exception):
+    """A request body refused before it was read in full; ``status`` is 413 (too large) or
+    400 (malformed framing)."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def _too_large(limit: int) -> BodyRefused:
+    return BodyRefused(f"request body is too large (more than {limit} bytes)", 413)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body of a ``stream=True`` route's request, refused (:class:`BodyRefused`) as soon
+    as it is known to exceed ``limit`` bytes: from ``Content-Length`` before any of it is
+    read, else by counting the chunks as they arrive.
+
+    ``Content-Length`` must be valid (:func:`declared_length`; the blueprint also refuses a
+    malformed one app-wide, before routing: :func:`refuse_malformed_content_length`).
+
+    In Sanic 21.12, ``request.stream`` is the connection's ``sanic.http.Http``. Its
+    ``request_max_size`` (lifted to infinity for streaming routes) is set to ``limit`` too, so
+    Sanic refuses an oversized chunk before reading it. On refusal the rest of the body is
+    left unread (``request_body``: Sanic would otherwise read and discard up to 100 MB of it)
+    and the connection is closed, without the "100 Continue" Sanic would put before the answer
+    of an ``Expect: 100-continue`` request. Attributes a future Sanic lacks are skipped; the
+    limit itself is counted here.
+    """
+    stream = request.stream
+    if stream is None:  # the body was read already (e.g. a non-streaming route)
+        body = request.body or b""
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+    if hasattr(stream, "request_max_size"):
+        stream.request_max_size = limit
+    try:
+        if (declared_length(request.headers) or 0) > limit:
+            raise _too_large(limit)
+        received = bytearray()
+        while (chunk := await stream.read()) is not None:
+            if not chunk:  # a reader that makes no progress: stop rather than spin
+                raise BodyRefused("malformed request body", 400)
+            received += chunk
+            if len(received) > limit:
+                raise _too_large(limit)
+        return bytes(received)
+    except PayloadTooLarge:
+        _stop_reading(stream)
+        raise _too_large(limit) from None
+    except BodyRefused:
+        _stop_reading(stream)
+        raise
+
+
+def declared_length(headers: Any) -> int | None:
+    """The ``Content-Length`` of a request (``None`` when absent), or :class:`BodyRefused`
+    (400) unless every value is plain digits (RFC 9110: ``1*DIGIT``) and they agree.
+
+    Sanic 21.12 reads the header with ``int()`` before routing: ``0x10`` then becomes a 500,
+    and a negative length makes its body reader return empty chunks forever without
+    yielding, so a single ``Content-Length: -5`` request freezes the whole server.
+    """
+    values = {value.strip() for value in headers.getall("content-length", [])}
+    if any(not (value.isascii() and value.isdigit()) for value in values):
+        raise BodyRefused("malformed Content-Length header", 400)
+    lengths = {int(value) for value in values}
+    if len(lengths) > 1:
+        raise BodyRefused("conflicting Content-Length headers", 400)
+    return lengths.pop() if lengths else None
+
+
+async def refuse_malformed_content_length(request: Request) -> None:
+    """Sanic's ``http.lifecycle.request`` signal: refuse (400) a malformed ``Content-Length``
+    before Sanic parses it (see :func:`declared_length`).
+
+    A signal is app-wide, so this guards every route of the ``rasa run`` server the channel
+    is mounted in (the REST channel's too), not only the Alexa webhook: one such request
+    would otherwise freeze them all.
+    """
+    try:
+        declared_length(request.headers)
+    except BodyRefused as exc:
+        raise InvalidUsage(exc.reason) from None
+
+
+def _stop_reading(stream: Any) -> None:
+    for flag, value in (
+        ("request_body", None),
+        ("keep_alive", False),
+        ("expecting_continue", False),
+    ):
+        if hasattr(stream, flag):
+            setattr(stream, flag, value)
+
+
+def _refused(exc: BodyRefused) -> HTTPResponse:
+    logger.warning("Rejected an Alexa request: %s", exc.reason)
+    return response.json({"error": exc.reason}, status=exc.status)
 
 
 def _log_late_reply(task: asyncio.Task) -> None:

@@ -5,7 +5,8 @@ Every request Alexa sends to a skill hosted as a web service carries a certifica
 ``Signature``). A skill must check, in this order of cost:
 
 1. the chain URL: ``https``, host ``s3.amazonaws.com``, path under ``/echo.api/`` after
-   normalisation, port absent or 443;
+   normalisation, port absent or 443 (and here, before any download: no query or fragment,
+   and a file name of Amazon's form, see :func:`canonical_cert_url`);
 2. the chain: the leaf is valid now, names ``echo-api.amazon.com`` in its subject alternative
    names and chains to a trusted root;
 3. the signature: RSA PKCS#1 v1.5 over the raw body (SHA-256, or SHA-1 for the legacy header);
@@ -15,7 +16,16 @@ Every request Alexa sends to a skill hosted as a web service carries a certifica
 Everything here is independent of Rasa and Sanic: the building blocks are plain functions, and
 :class:`RequestVerifier` combines them with a certificate chain cache (memory, then an
 optional cache directory, then an HTTPS download). Every rejection is a
-:class:`VerificationError` with a short ``reason`` (the channel logs it and answers 400).
+:class:`VerificationError` with a short ``reason`` and an HTTP ``status`` (400; 503 when all
+download slots are busy); the channel logs the reason and answers with the status.
+
+Unsigned requests are cheap to send, so each one's cost is bounded before the expensive work:
+only the canonical form of Amazon's URL is fetched, downloads run at most
+``max_concurrent_downloads`` at a time, a URL whose chain failed is refused for
+``failure_ttl`` seconds without a new download, and only a chain that validated **and** checked
+a request's signature enters the cache that serves later requests (memory and directory, both
+bounded, least recently used first). Validated chains that have not yet checked a signature
+wait in a small cache of their own, so they can never evict a chain in use.
 """
 
 from __future__ import annotations
@@ -32,14 +42,15 @@ import posixpath
 import re
 import ssl
 import tempfile
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -53,8 +64,31 @@ logger = logging.getLogger(__name__)
 
 ALEXA_CERT_HOST = "s3.amazonaws.com"
 ALEXA_CERT_PATH_PREFIX = "/echo.api/"
+#: The chain's file name under ``/echo.api/``. Amazon documents only the folder; every name it
+#: has served has this form: ``echo-api-cert.pem``, ``echo-api-cert-12.pem``,
+#: ``echo-api-cert-6-ats.pem`` (lower-case letters and digits after each dash).
+ALEXA_CERT_NAME_RE = re.compile(r"echo-api-cert(?:-[0-9a-z]{1,16}){0,3}\.pem")
+#: Longer ``SignatureCertChainUrl`` values are refused unread (Amazon's are about 55 chars).
+MAX_CERT_URL_CHARS = 256
 ALEXA_SAN = "echo-api.amazon.com"
 MAX_TIMESTAMP_TOLERANCE_S = 150.0
+
+# Defaults of the bounds on what unsigned requests can make the verifier do.
+#: Chains that checked a signature, kept in memory.
+MEMORY_CACHE_SIZE = 32
+#: Chains that validated but have not checked a signature yet (kept apart, see the module).
+PENDING_CACHE_SIZE = 8
+#: Files and bytes in ``certificate_cache_dir``.
+CACHE_DIR_MAX_FILES = 16
+CACHE_DIR_MAX_BYTES = 1_000_000
+#: A chain larger than this is not downloaded (Amazon's is about 4 KB).
+MAX_CHAIN_BYTES = 64_000
+#: Downloads running at once; a request that needs one more is answered 503 at once.
+MAX_CONCURRENT_DOWNLOADS = 4
+#: Seconds a URL whose chain could not be downloaded or validated is refused without a retry.
+FAILURE_TTL_S = 30.0
+#: URLs remembered as failed (the oldest is forgotten first).
+FAILURE_CACHE_SIZE = 1024
 
 SignatureAlgorithm = Literal["sha256", "sha1"]
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
@@ -65,11 +99,21 @@ _PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-
 
 
 class VerificationError(Exception):
-    """A request failed verification; ``reason`` is short and safe to log."""
+    """A request failed verification; ``reason`` is short and safe to log, ``status`` is the
+    HTTP status to answer with."""
+
+    status = 400
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class DownloadsBusy(VerificationError):
+    """Every download slot is taken: the request is not refused as forged, but not verified
+    either (503, so that a flood of new URLs cannot queue up work)."""
+
+    status = 503
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -92,7 +136,7 @@ def _short(exc: BaseException, limit: int = 160) -> str:
 
 
 def cache_file_name(url: str) -> str:
-    """The cache-directory file name for a chain URL: ``<sha256 hex of the exact URL>.pem``."""
+    """The cache-directory file name for a (canonical) chain URL: ``<sha256 hex of it>.pem``."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest() + ".pem"
 
 
@@ -109,17 +153,28 @@ def _check_tolerance(tolerance_s: float) -> float:
 # --------------------------------------------------------------------------- building blocks
 
 
-def validate_cert_url(url: str) -> None:
-    """Apply Amazon's rules to a ``SignatureCertChainUrl`` value.
+def canonical_cert_url(url: str) -> str:
+    """Apply Amazon's rules to a ``SignatureCertChainUrl`` value; return its canonical form,
+    ``https://s3.amazonaws.com/echo.api/<name>`` (the only URL ever fetched or cached).
 
     Scheme ``https`` and host ``s3.amazonaws.com`` (both case-insensitive), port absent or
-    443, no user information, and a path that starts with ``/echo.api/`` (case-sensitive)
-    once ``.`` and ``..`` segments are resolved - both as sent and percent-decoded.
+    443, no user information, and a path that is ``/echo.api/<name>`` (case-sensitive) once
+    ``.``, ``..`` and empty segments are resolved. Stricter than Amazon's text, so that one
+    chain has one URL: no query or fragment, no percent-encoding, printable ASCII only, at
+    most :data:`MAX_CERT_URL_CHARS` characters, and ``<name>`` of the form
+    :data:`ALEXA_CERT_NAME_RE`.
     """
     if not isinstance(url, str) or not url.strip():
         raise VerificationError("missing certificate chain URL")
+    url = url.strip()
+    if len(url) > MAX_CERT_URL_CHARS:
+        raise VerificationError("certificate chain URL is too long")
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        raise VerificationError("certificate chain URL has unexpected characters")
+    if "?" in url or "#" in url:
+        raise VerificationError("certificate chain URL has a query or fragment")
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise VerificationError(f"malformed certificate chain URL: {_short(exc)}") from None
@@ -131,11 +186,14 @@ def validate_cert_url(url: str) -> None:
         raise VerificationError(f"certificate chain URL host is not {ALEXA_CERT_HOST}")
     if port not in (None, 443):
         raise VerificationError("certificate chain URL port is not 443")
-    for path in (parts.path, unquote(parts.path)):
-        if not posixpath.normpath(path or "/").startswith(ALEXA_CERT_PATH_PREFIX):
-            raise VerificationError(
-                f"certificate chain URL path is not under {ALEXA_CERT_PATH_PREFIX}"
-            )
+    if "%" in parts.path:
+        raise VerificationError("certificate chain URL path is percent-encoded")
+    folder, name = posixpath.split(posixpath.normpath(parts.path or "/"))
+    if folder + "/" != ALEXA_CERT_PATH_PREFIX:
+        raise VerificationError(f"certificate chain URL path is not under {ALEXA_CERT_PATH_PREFIX}")
+    if not ALEXA_CERT_NAME_RE.fullmatch(name):
+        raise VerificationError("certificate chain URL file name is not Amazon's")
+    return f"https://{ALEXA_CERT_HOST}{ALEXA_CERT_PATH_PREFIX}{name}"
 
 
 def parse_pem_chain(data: bytes) -> list[x509.Certificate]:
@@ -365,7 +423,7 @@ async def download_chain_pem(
 ) -> bytes:
     """GET ``url`` (no redirects) within ``timeout`` seconds, at most ``max_bytes`` bytes.
 
-    The URL is not checked here (callers apply :func:`validate_cert_url` first). Every
+    The URL is not checked here (callers apply :func:`canonical_cert_url` first). Every
     failure is a :class:`VerificationError`.
     """
     import aiohttp
@@ -410,18 +468,57 @@ def _default_ssl_context() -> ssl.SSLContext:
 
 # --------------------------------------------------------------------------- chain cache
 
+V = TypeVar("V")
+_CACHE_FILE_RE = re.compile(r"[0-9a-f]{64}\.pem")
+
+
+class _LRU(Generic[V]):
+    """A mapping of at most ``size`` keys that forgets the least recently used one first."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("cache size must be at least 1")
+        self.size = int(size)
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def keys(self) -> list[str]:
+        """Least recently used first."""
+        return list(self._items)
+
+    def get(self, key: str) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def pop(self, key: str) -> V | None:
+        return self._items.pop(key, None)
+
 
 @dataclass(frozen=True)
 class CachedChain:
     """A certificate chain that passed validation, with the window in which that holds.
 
     ``not_before`` / ``not_after`` is the intersection of the validity periods of every
-    certificate on the validated path (leaf to root).
+    certificate on the validated path (leaf to root); ``pem`` is the chain as downloaded.
     """
 
     certificates: tuple[x509.Certificate, ...]
     not_before: datetime
     not_after: datetime
+    pem: bytes
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -431,55 +528,59 @@ class CachedChain:
         return self.not_before <= _utc(now) <= self.not_after
 
 
-class CertificateChainCache:
-    """Where validated chains live: a bounded in-memory LRU keyed by the exact URL, and an
-    optional directory of ``<sha256 hex of the exact URL>.pem`` files.
+class ChainDirectory:
+    """``certificate_cache_dir``: a ``<sha256 hex of the canonical URL>.pem`` file per chain
+    that checked a request's signature, so that a restarted server need not download it.
 
-    Only validated chains enter the memory cache. Files in the directory are trusted as
+    At most ``max_files`` such files and ``max_bytes`` bytes: storing one removes the least
+    recently used (oldest modification time; a file is touched whenever its chain is
+    stored again). Other files in the directory are left alone. Files are trusted as
     *content* only: whatever is read from them is validated again.
     """
 
-    def __init__(self, cache_dir: str | Path | None = None, *, max_entries: int = 32) -> None:
-        if max_entries < 1:
-            raise ValueError("memory cache size must be at least 1")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.max_entries = int(max_entries)
-        self._memory: OrderedDict[str, CachedChain] = OrderedDict()
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_files: int = CACHE_DIR_MAX_FILES,
+        max_bytes: int = CACHE_DIR_MAX_BYTES,
+        max_file_bytes: int = MAX_CHAIN_BYTES,
+    ) -> None:
+        if max_files < 1 or max_file_bytes < 1:
+            raise ValueError("the cache directory must hold at least one chain")
+        if max_bytes < max_file_bytes:
+            raise ValueError(
+                f"the cache directory's byte limit ({max_bytes}) is below the size of one "
+                f"chain ({max_file_bytes})"
+            )
+        self.path = Path(path)
+        self.max_files = int(max_files)
+        self.max_bytes = int(max_bytes)
+        self.max_file_bytes = int(max_file_bytes)
 
-    def __len__(self) -> int:
-        return len(self._memory)
+    def path_for(self, url: str) -> Path:
+        return self.path / cache_file_name(url)
 
-    def __contains__(self, url: object) -> bool:
-        return url in self._memory
+    def files(self) -> list[Path]:
+        """The cache's own files (``<64 hex>.pem``), least recently used first."""
+        return [path for path, _ in self._sized_files()]
 
-    def urls(self) -> list[str]:
-        """URLs in the memory cache, least recently used first."""
-        return list(self._memory)
+    def _sized_files(self) -> list[tuple[Path, int]]:
+        found = []
+        with contextlib.suppress(OSError):
+            for path in self.path.iterdir():
+                if _CACHE_FILE_RE.fullmatch(path.name):
+                    with contextlib.suppress(OSError):
+                        stat = path.stat()
+                        found.append((stat.st_mtime_ns, path, stat.st_size))
+        return [(path, size) for _, path, size in sorted(found)]
 
-    def get(self, url: str) -> CachedChain | None:
-        entry = self._memory.get(url)
-        if entry is not None:
-            self._memory.move_to_end(url)
-        return entry
-
-    def put(self, url: str, entry: CachedChain) -> None:
-        self._memory[url] = entry
-        self._memory.move_to_end(url)
-        while len(self._memory) > self.max_entries:
-            self._memory.popitem(last=False)
-
-    def discard(self, url: str) -> None:
-        self._memory.pop(url, None)
-
-    def path_for(self, url: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / cache_file_name(url)
-
-    def read_file(self, url: str) -> bytes | None:
+    def read(self, url: str) -> bytes | None:
         """The cached PEM for ``url``, or ``None`` when there is no cache file."""
         path = self.path_for(url)
-        if path is None:
-            return None
         try:
+            if path.stat().st_size > self.max_file_bytes:
+                raise VerificationError("cached certificate chain is too large")
             return path.read_bytes()
         except FileNotFoundError:
             return None
@@ -488,25 +589,117 @@ class CertificateChainCache:
                 f"cannot read cached certificate chain: {_short(exc)}"
             ) from None
 
-    def write_file(self, url: str, pem: bytes) -> None:
-        """Store ``pem`` for ``url`` atomically; failures are logged, never raised."""
+    def store(self, url: str, pem: bytes) -> None:
+        """Store ``pem`` for ``url`` atomically (or mark it used when it is there already),
+        then remove the least recently used files over the limits. Failures are logged,
+        never raised."""
         path = self.path_for(url)
-        if path is None:
-            return
         tmp_name = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".chain-", suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(pem)
-            os.replace(tmp_name, path)
-            tmp_name = None
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".chain-", suffix=".tmp")
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(pem)
+                os.replace(tmp_name, path)
+                tmp_name = None
+            now_ns = time.time_ns()  # explicit: the file system's own clock is coarser
+            os.utime(path, ns=(now_ns, now_ns))
+            self._evict(keep=path)
         except OSError as exc:
             logger.warning("Could not cache the certificate chain in %s: %s", path, exc)
         finally:
             if tmp_name is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp_name)
+
+    def _evict(self, keep: Path) -> None:
+        sized = self._sized_files()
+        count, total = len(sized), sum(size for _, size in sized)
+        for path, size in sized:  # least recently used first
+            if count <= self.max_files and total <= self.max_bytes:
+                break
+            if path == keep:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            count, total = count - 1, total - size
+
+
+class CertificateChainCache:
+    """Where validated chains live between requests.
+
+    - ``proven`` (``max_entries``, LRU): chains that checked a request's signature; they serve
+      later requests, and only they are written to the optional cache directory.
+    - ``pending`` (``max_pending``, LRU): chains that validated but have not checked a
+      signature yet (a genuine Amazon URL sent with a forged signature lands here). Kept
+      apart so that no number of such requests can evict a proven chain.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path | None = None,
+        *,
+        max_entries: int = MEMORY_CACHE_SIZE,
+        max_pending: int = PENDING_CACHE_SIZE,
+        max_files: int = CACHE_DIR_MAX_FILES,
+        max_bytes: int = CACHE_DIR_MAX_BYTES,
+        max_file_bytes: int = MAX_CHAIN_BYTES,
+    ) -> None:
+        self.proven: _LRU[CachedChain] = _LRU(max_entries)
+        self.pending: _LRU[CachedChain] = _LRU(max_pending)
+        self.directory = (
+            None
+            if cache_dir is None
+            else ChainDirectory(
+                cache_dir, max_files=max_files, max_bytes=max_bytes, max_file_bytes=max_file_bytes
+            )
+        )
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return None if self.directory is None else self.directory.path
+
+    def __len__(self) -> int:
+        return len(self.proven)
+
+    def __contains__(self, url: object) -> bool:
+        return url in self.proven
+
+    def urls(self) -> list[str]:
+        """URLs of the proven chains in memory, least recently used first."""
+        return self.proven.keys()
+
+    def lookup(self, url: str, now: datetime) -> CachedChain | None:
+        """The chain in memory for ``url`` that is valid at ``now`` (proven first); one outside
+        its window is dropped."""
+        for tier in (self.proven, self.pending):
+            entry = tier.get(url)
+            if entry is not None:
+                if entry.valid_at(now):
+                    return entry
+                tier.pop(url)
+        return None
+
+    def add_pending(self, url: str, entry: CachedChain) -> None:
+        self.pending.put(url, entry)
+
+    def promote(self, url: str, entry: CachedChain) -> None:
+        """``entry`` checked a signature: keep it with the proven chains (and on disk)."""
+        if self.proven.get(url) is entry:
+            return
+        self.pending.pop(url)
+        self.proven.put(url, entry)
+        if self.directory is not None:
+            self.directory.store(url, entry.pem)
+
+    def discard(self, url: str) -> None:
+        self.proven.pop(url)
+        self.pending.pop(url)
+
+    def read_file(self, url: str) -> bytes | None:
+        """The cached PEM for ``url``, or ``None`` (no file, or no cache directory)."""
+        return None if self.directory is None else self.directory.read(url)
 
 
 # --------------------------------------------------------------------------- the verifier
@@ -517,7 +710,11 @@ class RequestVerifier:
 
     ``trusted_roots`` is a PEM bundle path (``None``: certifi's bundle) or a list of root
     certificates. ``timestamp_tolerance`` may not exceed 150 s. ``clock`` returns the current
-    time (aware UTC; used for chain validity and the timestamp check).
+    time (aware UTC; used for chain validity, the timestamp check and ``failure_ttl``). The
+    other options bound what an unsigned request can cost (module constants hold the
+    defaults): the caches' sizes, ``max_concurrent_downloads`` (a request that needs one more
+    is refused with :class:`DownloadsBusy`, 503) and ``failure_ttl`` (seconds a URL whose chain
+    failed is refused without a new download; 0: retry every time).
     """
 
     def __init__(
@@ -528,8 +725,13 @@ class RequestVerifier:
         timestamp_tolerance: float = MAX_TIMESTAMP_TOLERANCE_S,
         certificate_cache_dir: str | Path | None = None,
         download_timeout: float = 5.0,
-        max_chain_bytes: int = 64_000,
-        memory_cache_size: int = 32,
+        max_chain_bytes: int = MAX_CHAIN_BYTES,
+        memory_cache_size: int = MEMORY_CACHE_SIZE,
+        pending_cache_size: int = PENDING_CACHE_SIZE,
+        cache_dir_max_files: int = CACHE_DIR_MAX_FILES,
+        cache_dir_max_bytes: int = CACHE_DIR_MAX_BYTES,
+        max_concurrent_downloads: int = MAX_CONCURRENT_DOWNLOADS,
+        failure_ttl: float = FAILURE_TTL_S,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         if not isinstance(skill_id, str) or not skill_id.strip():
@@ -538,6 +740,10 @@ class RequestVerifier:
             raise ValueError("download_timeout must be positive")
         if max_chain_bytes <= 0:
             raise ValueError("max_chain_bytes must be positive")
+        if max_concurrent_downloads < 1:
+            raise ValueError("max_concurrent_downloads must be at least 1")
+        if not failure_ttl >= 0:
+            raise ValueError("failure_ttl must be zero or more seconds")
         self.skill_id = skill_id.strip()
         self.timestamp_tolerance = _check_tolerance(timestamp_tolerance)
         if trusted_roots is None or isinstance(trusted_roots, (str, Path)):
@@ -550,26 +756,44 @@ class RequestVerifier:
         self._store = x509_verification.Store(roots)
         self.download_timeout = float(download_timeout)
         self.max_chain_bytes = int(max_chain_bytes)
-        self.cache = CertificateChainCache(certificate_cache_dir, max_entries=memory_cache_size)
+        self.cache = CertificateChainCache(
+            certificate_cache_dir,
+            max_entries=memory_cache_size,
+            max_pending=pending_cache_size,
+            max_files=cache_dir_max_files,
+            max_bytes=cache_dir_max_bytes,
+            max_file_bytes=self.max_chain_bytes,
+        )
+        self.max_concurrent_downloads = int(max_concurrent_downloads)
+        self.failure_ttl = float(failure_ttl)
         self._clock = clock or _utcnow
         self._download_locks: dict[str, asyncio.Lock] = {}
+        self._downloading = 0
+        # URL -> (refused until, why it failed)
+        self._failures: _LRU[tuple[datetime, str]] = _LRU(FAILURE_CACHE_SIZE)
         self._ssl_context: ssl.SSLContext | None = None
 
     def now(self) -> datetime:
         return _utc(self._clock())
 
+    @property
+    def downloads_in_flight(self) -> int:
+        return self._downloading
+
     # -- chain retrieval -----------------------------------------------------------------
 
-    def _validate(self, certificates: Sequence[x509.Certificate], now: datetime) -> CachedChain:
+    def _validate(self, pem: bytes, now: datetime) -> CachedChain:
+        certificates = parse_pem_chain(pem)
         path = _build_verified_chain(certificates, self._store, now)
         return CachedChain(
             certificates=tuple(certificates),
             not_before=max(cert.not_valid_before_utc for cert in path),
             not_after=min(cert.not_valid_after_utc for cert in path),
+            pem=bytes(pem),
         )
 
     async def _download(self, url: str) -> bytes:
-        """Fetch the PEM chain at ``url`` (already checked by :func:`validate_cert_url`)."""
+        """Fetch the PEM chain at ``url`` (already checked by :func:`canonical_cert_url`)."""
         if self._ssl_context is None:
             self._ssl_context = _default_ssl_context()
         return await download_chain_pem(
@@ -579,37 +803,65 @@ class RequestVerifier:
             ssl_context=self._ssl_context,
         )
 
-    async def signing_chain(self, url: str, now: datetime | None = None) -> CachedChain:
-        """The validated chain for ``url`` at ``now``: memory cache, then the cache
-        directory, then a download (written to the cache directory once validated)."""
-        now = self.now() if now is None else _utc(now)
-        entry = self.cache.get(url)
-        if entry is not None:
-            if entry.valid_at(now):
-                return entry
-            # Outside the window in which it was validated: validate afresh (this raises
-            # for an expired or not yet valid certificate).
-            self.cache.discard(url)
-            entry = self._validate(entry.certificates, now)
-            self.cache.put(url, entry)
-            return entry
+    async def _bounded_download(self, url: str) -> bytes:
+        if self._downloading >= self.max_concurrent_downloads:
+            raise DownloadsBusy("too many certificate chain downloads at once; try again")
+        self._downloading += 1
+        try:
+            return await self._download(url)
+        finally:
+            self._downloading -= 1
 
-        cached_pem = self.cache.read_file(url)
-        if cached_pem is not None:
-            entry = self._validate(parse_pem_chain(cached_pem), now)
-            self.cache.put(url, entry)
+    def _refuse_recent_failure(self, url: str, now: datetime) -> None:
+        failure = self._failures.get(url)
+        if failure is None:
+            return
+        until, reason = failure
+        if not timedelta(0) < until - now <= timedelta(seconds=self.failure_ttl):
+            self._failures.pop(url)  # over (or the clock was set back: do not refuse longer)
+            return
+        wait = (until - now).total_seconds()
+        raise VerificationError(f"{reason} (not retried for {wait:.0f} s)")
+
+    async def _load(self, url: str, now: datetime) -> CachedChain:
+        """The chain from the cache directory, else downloaded; validated at ``now``."""
+        pem = self.cache.read_file(url)
+        if pem is None:
+            pem = await self._bounded_download(url)
+        return self._validate(pem, now)
+
+    async def signing_chain(self, url: str, now: datetime | None = None) -> CachedChain:
+        """The validated chain for ``url`` (made canonical) at ``now``: memory, then the cache
+        directory, then a download.
+
+        A chain found here has not necessarily checked a signature: :meth:`verify` promotes
+        it to the proven chains once one checks. A URL whose chain fails (download or
+        validation) is refused for ``failure_ttl`` seconds without a new attempt.
+        """
+        url = canonical_cert_url(url)
+        now = self.now() if now is None else _utc(now)
+        entry = self.cache.lookup(url, now)
+        if entry is not None:
             return entry
+        self._refuse_recent_failure(url, now)
 
         lock = self._download_locks.setdefault(url, asyncio.Lock())
         try:
             async with lock:
-                entry = self.cache.get(url)  # a concurrent request may have fetched it
-                if entry is not None and entry.valid_at(now):
+                entry = self.cache.lookup(url, now)  # a concurrent request may have fetched it
+                if entry is not None:
                     return entry
-                pem = await self._download(url)
-                entry = self._validate(parse_pem_chain(pem), now)
-                self.cache.write_file(url, pem)
-                self.cache.put(url, entry)
+                self._refuse_recent_failure(url, now)
+                try:
+                    entry = await self._load(url, now)
+                except DownloadsBusy:
+                    raise
+                except VerificationError as exc:
+                    if self.failure_ttl > 0:
+                        until = now + timedelta(seconds=self.failure_ttl)
+                        self._failures.put(url, (until, exc.reason))
+                    raise
+                self.cache.add_pending(url, entry)
                 return entry
         finally:
             if not lock.locked() and self._download_locks.get(url) is lock:
@@ -637,10 +889,10 @@ class RequestVerifier:
             raise VerificationError("request body is not bytes")
         body = bytes(body)
 
-        url = lowered.get("signaturecertchainurl")
-        if not url:
+        raw_url = lowered.get("signaturecertchainurl")
+        if not raw_url:
             raise VerificationError("missing SignatureCertChainUrl header")
-        validate_cert_url(url)
+        url = canonical_cert_url(raw_url)
 
         signature = lowered.get("signature-256")
         algorithm: SignatureAlgorithm = "sha256"
@@ -652,6 +904,7 @@ class RequestVerifier:
         now = self.now()
         chain = await self.signing_chain(url, now)
         verify_signature(chain.leaf, body, signature, algorithm=algorithm)
+        self.cache.promote(url, chain)
 
         request_json = parse_request_body(body)
         verify_timestamp(request_json["request"].get("timestamp"), now, self.timestamp_tolerance)
@@ -663,14 +916,16 @@ __all__ = [
     "ALEXA_SAN",
     "CachedChain",
     "CertificateChainCache",
+    "ChainDirectory",
+    "DownloadsBusy",
     "RequestVerifier",
     "VerificationError",
     "cache_file_name",
+    "canonical_cert_url",
     "download_chain_pem",
     "load_trusted_roots",
     "parse_pem_chain",
     "parse_request_body",
-    "validate_cert_url",
     "verify_application_id",
     "verify_chain",
     "verify_signature",

@@ -5,21 +5,33 @@ The bot is a tiny Rasa assistant trained once per test session (keyword intents 
 a few seconds). The channel is mounted exactly as ``rasa run`` mounts input channels
 (``rasa.core.channels.channel.register`` under ``/webhooks/``), with ``app.ctx.agent``
 being the Rasa ``Agent`` behind a thin wrapper that counts the messages it is given.
+
+The hostile-input tests need no trained bot (nothing they send may reach it): oversized and
+lying bodies over raw sockets, and a flood of forged requests against a loopback stand-in for
+Amazon's certificate server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import itertools
 import json
 import logging
 import os
+import socket
 import textwrap
+import threading
 import time
+import tracemalloc
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -27,16 +39,19 @@ from support.alexa_pki import (
     CERT_URL,
     SKILL_ID,
     USER_ID,
+    LoopbackVerifier,
     alexa_request,
+    chain_server,
     make_pki,
     sign,
     write_chain_cache,
 )
 from support.servers import running
 
-from alexa_connector.channel import AlexaConnector, AlexaOutputChannel
+from alexa_connector.channel import MAX_BODY_BYTES, AlexaConnector, AlexaOutputChannel
 from alexa_connector.settings import AlexaConfigurationError, AlexaSettings
 from alexa_connector.turns import BUTTONS_ATTRIBUTE
+from alexa_connector.verification import MAX_CONCURRENT_DOWNLOADS
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERACTION_MODEL = ROOT / "skill-package" / "interactionModels" / "custom" / "en-US.json"
@@ -721,8 +736,6 @@ async def test_unsigned_and_malformed_requests_are_rejected(alexa, bot):
     assert "JSON" in await _rejected(alexa, bot, garbage, alexa.signed_headers(garbage))
     no_request = json.dumps({"version": "1.0", "session": {}}).encode()
     assert "request" in await _rejected(alexa, bot, no_request, alexa.signed_headers(no_request))
-    huge = b" " * (300 * 1024)
-    assert "too large" in await _rejected(alexa, bot, huge, alexa.signed_headers(huge))
 
 
 @pytest.mark.slow
@@ -770,6 +783,240 @@ async def test_verification_disabled_still_checks_a_configured_skill_id(bot, pki
     async with serve(connector, bot, pki) as alexa:
         body = json.dumps(alexa_request(text="hello", skill_id="amzn1.ask.skill.other")).encode()
         assert "application id" in await _rejected(alexa, bot, body)
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+@pytest.fixture
+def idle_bot() -> CountingAgent:
+    """A bot that nothing here may reach (it has no agent behind it)."""
+    return CountingAgent(None)
+
+
+@pytest.fixture
+async def guarded(credentials, idle_bot, pki):
+    """A server whose Alexa sessions end without the bot (``session_end_intent: null``), so
+    a genuine ``SessionEndedRequest`` is answered 200 with no trained bot."""
+    connector = AlexaConnector.from_credentials({**credentials, "session_end_intent": None})
+    async with serve(connector, idle_bot, pki) as client:
+        client.connector = connector
+        yield client
+
+
+def ended(**kwargs: Any) -> bytes:
+    return json.dumps(alexa_request("SessionEndedRequest", **kwargs)).encode()
+
+
+@dataclass
+class RawReply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    sent: int  # body bytes the client managed to send
+
+
+def raw_post(
+    base_url: str,
+    head: list[bytes],
+    body: Iterable[bytes] = (),
+    timeout: float = 30.0,
+    path: bytes = b"/webhooks/alexa/webhook",
+) -> RawReply:
+    """POST to the webhook over a plain socket: the ``head`` lines, then ``body`` from a second
+    thread, so that an early answer is read while the body is still going out (as curl does).
+    Blocking: run it with ``asyncio.to_thread`` when the server is in this event loop."""
+    address = urlsplit(base_url)
+    sock = socket.create_connection((address.hostname, address.port), timeout=timeout)
+    sent = 0
+
+    def send_body() -> None:
+        nonlocal sent
+        with contextlib.suppress(OSError):
+            for chunk in body:
+                sock.sendall(chunk)
+                sent += len(chunk)
+
+    request = [b"POST " + path + b" HTTP/1.1", b"Host: 127.0.0.1", *head]
+    sock.sendall(b"\r\n".join(request) + b"\r\n\r\n")
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    data = bytearray()
+    try:
+        while True:
+            head_bytes, separator, rest = bytes(data).partition(b"\r\n\r\n")
+            if separator:
+                status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
+                headers = {
+                    key.strip().lower(): value.strip()
+                    for key, value in (line.split(":", 1) for line in lines)
+                }
+                if len(rest) >= int(headers.get("content-length", 0)):
+                    return RawReply(int(status_line.split()[1]), headers, rest, sent)
+            received = sock.recv(65536)
+            if not received:
+                raise AssertionError(f"connection closed before a full answer: {bytes(data)!r}")
+            data += received
+    finally:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        sender.join(timeout)
+
+
+async def test_genuine_requests_stream_through_the_route(guarded, idle_bot):
+    body = ended()
+    status, reply = await guarded.post_raw(body, guarded.signed_headers(body))
+    assert (status, reply) == (200, {"version": "1.0", "response": {}})
+
+    async def pieces():  # chunked transfer encoding, no Content-Length
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+
+    status, reply = await guarded.post_raw(pieces(), guarded.signed_headers(body))
+    assert (status, reply) == (200, {"version": "1.0", "response": {}})
+
+    # The signature covers every byte: the streamed body arrived whole, up to the limit.
+    full = body + b" " * (MAX_BODY_BYTES - len(body))
+    status, reply = await guarded.post_raw(full, guarded.signed_headers(full))
+    assert status == 200, reply
+    over = full + b" "
+    status, reply = await guarded.post_raw(over, guarded.signed_headers(over))
+    assert status == 413 and "too large" in reply["error"]
+    assert idle_bot.messages == []
+
+
+async def test_a_declared_oversized_body_is_refused_before_it_is_read(guarded):
+    for extra in ([], [b"Expect: 100-continue"]):
+        head = [b"Content-Type: application/json", b"Content-Length: 94371840", *extra]
+        reply = await asyncio.to_thread(raw_post, guarded.base_url, head)  # no body sent
+        assert reply.status == 413  # not "100 Continue": nothing of the body is wanted
+        assert "too large" in json.loads(reply.body)["error"]
+        assert reply.headers["connection"] == "close"
+    body = ended()
+    status, _ = await guarded.post_raw(body, guarded.signed_headers(body))
+    assert status == 200  # the server carries on
+
+
+MALFORMED_LENGTHS = [[b"-5"], [b"+5"], [b"1_0"], [b"0x10"], [b"\xd9\xa1"], [b"5", b"7"]]
+
+
+@pytest.mark.timeout(60)  # a frozen event loop cannot run asyncio's own timeouts
+@pytest.mark.parametrize("lengths", MALFORMED_LENGTHS)
+@pytest.mark.parametrize("path", [b"/webhooks/alexa/webhook", b"/webhooks/rest/webhook"])
+async def test_a_malformed_content_length_is_refused_on_every_route(
+    credentials, idle_bot, pki, lengths, path
+):
+    """Sanic 21.12 reads ``Content-Length`` with ``int()`` before routing: ``0x10`` was a 500,
+    and ``-5`` made its body reader spin on the event loop forever, freezing every route.
+    The channel's guard covers the whole app, here Rasa's REST channel beside it."""
+    from rasa.core.channels.channel import register
+    from rasa.core.channels.rest import RestInput
+    from sanic import Sanic
+
+    app = Sanic(f"alexa_test_{uuid.uuid4().hex[:12]}", configure_logging=False)
+    app.ctx.agent = idle_bot
+    register([AlexaConnector.from_credentials(credentials), RestInput()], app, "/webhooks/")
+    async with running(app) as base:
+        head = [b"Content-Type: application/json"]
+        head += [b"Content-Length: " + length for length in lengths]
+        reply = await asyncio.wait_for(
+            asyncio.to_thread(raw_post, base, head, [b"0123456789"], 10, path), 20
+        )
+        assert reply.status == 400
+        assert b"Content-Length" in reply.body
+        assert reply.headers["connection"] == "close"
+        async with (  # the event loop is free
+            aiohttp.ClientSession() as session,
+            session.get(f"{base}/webhooks/alexa/") as health,
+        ):
+            assert health.status == 200
+    assert idle_bot.messages == []
+
+
+async def test_a_90_mb_chunked_body_is_refused_while_it_streams(guarded, idle_bot):
+    """Before: Sanic buffered up to 100 MB before the channel looked (90 MB raised memory by
+    170 MB). The body is one 64 KiB chunk sent again and again, so the test allocates none of
+    it; the server's Python allocations are traced (same process) while it arrives."""
+    chunk = b"x" * 65536
+    framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    total = 90 * 2**20
+    head = [b"Content-Type: application/json", b"Transfer-Encoding: chunked"]
+    tracemalloc.start()
+    try:
+        reply = await asyncio.to_thread(
+            raw_post, guarded.base_url, head, itertools.repeat(framed, total // len(chunk))
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply.status == 413
+    assert "too large" in json.loads(reply.body)["error"]
+    assert reply.headers["connection"] == "close"
+    assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MiB traced while refusing the body"
+    assert reply.sent < total // 2  # the server stopped reading; the rest never went out
+    assert idle_bot.messages == []
+
+
+async def test_an_oversized_body_from_an_http_client_gets_413(guarded, idle_bot):
+    huge = b" " * (300 * 1024)
+    status, reply = await guarded.post_raw(huge, guarded.signed_headers(huge))
+    assert status == 413 and "too large" in reply["error"]
+    assert idle_bot.messages == []
+
+
+async def test_undecodable_headers_are_refused_with_400(guarded):
+    body = ended()
+    for name in (b"SignatureCertChainUrl", b"Signature-256"):
+        headers = {**guarded.signed_headers(body)}
+        head = [
+            f"{key}: {value}".encode()
+            for key, value in headers.items()
+            if key.lower() != name.decode().lower()
+        ]
+        head += [name + b": \xff\xfe\x80", b"Content-Length: %d" % len(body)]
+        reply = await asyncio.to_thread(raw_post, guarded.base_url, head, [body])
+        assert reply.status == 400, reply
+        assert json.loads(reply.body)["error"]
+
+
+async def test_a_flood_of_forged_requests_is_bounded_at_the_webhook(guarded, pki, roots_file):
+    """The issue's floods at the route: 500 forged requests at once, each naming another
+    chain URL of Amazon's form (served, slowly, by the stand-in), then 500 with query
+    strings. Before: one download each (100 at once) and one file each."""
+    cache_dir = Path(guarded.connector.settings.certificate_cache_dir)
+    files_before = sorted(cache_dir.iterdir())
+    forged = base64.b64encode(b"\x00" * 256).decode()
+    async with chain_server({}, default=pki.chain_pem, delay=0.2) as server:
+        guarded.connector.verifier = LoopbackVerifier(
+            SKILL_ID,
+            trusted_roots=roots_file,
+            certificate_cache_dir=cache_dir,
+            base_url=server.base_url,
+        )
+        body = ended()
+
+        async def post(url: str) -> int:
+            headers = {"SignatureCertChainUrl": url, "Signature-256": forged}
+            status, reply = await guarded.post_raw(body, headers)
+            assert isinstance(reply, dict) and reply["error"], reply
+            return status
+
+        urls = [f"https://s3.amazonaws.com/echo.api/echo-api-cert-flood{n}.pem" for n in range(500)]
+        statuses = await asyncio.gather(*(post(url) for url in urls))
+        assert set(statuses) <= {400, 503} and 503 in statuses
+        assert server.paths and server.max_in_flight <= MAX_CONCURRENT_DOWNLOADS
+
+        downloads = len(server.paths)
+        statuses = await asyncio.gather(*(post(f"{CERT_URL}?v={n}") for n in range(500)))
+        assert set(statuses) == {400}
+        assert len(server.paths) == downloads
+
+        # The genuine chain is still served from the cache: no download for it.
+        status, _ = await guarded.post_raw(body, guarded.signed_headers(body))
+        assert status == 200
+        assert len(server.paths) == downloads
+    assert sorted(cache_dir.iterdir()) == files_before
 
 
 # --------------------------------------------------------------------------- configuration

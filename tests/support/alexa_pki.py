@@ -10,17 +10,23 @@ Everything is real cryptography (RSA 2048, SHA-256 certificates):
 - ``write_chain_cache(cache_dir, url, chain_pem)`` places a chain where
   ``RequestVerifier(certificate_cache_dir=...)`` looks before downloading.
 - ``alexa_request(...)`` builds a custom-skill request envelope as Alexa sends it.
+- ``chain_server(...)`` stands in for ``s3.amazonaws.com`` on a loopback port and counts the
+  downloads (how many, and the most at once); ``LoopbackVerifier`` is a ``RequestVerifier``
+  whose downloads go there (the URL checks and download limits stay the real ones).
 
 RSA key generation is slow, so keys are generated once per process per name (``rsa_key``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from alexa_connector.verification import RequestVerifier, download_chain_pem
 
 CERT_URL = "https://s3.amazonaws.com/echo.api/echo-api-cert-12.pem"
 ALEXA_SAN = "echo-api.amazon.com"
@@ -209,7 +217,8 @@ def sign(body: bytes, key: rsa.RSAPrivateKey, algorithm: str = "sha256") -> str:
 
 def chain_cache_path(cache_dir: str | Path, url: str) -> Path:
     """Where the verifier's cache directory keeps the chain for ``url``."""
-    return Path(cache_dir) / (hashlib.sha256(url.encode("utf-8")).hexdigest() + ".pem")
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    return Path(cache_dir) / (digest + ".pem")
 
 
 def write_chain_cache(cache_dir: str | Path, url: str, chain_pem: bytes) -> Path:
@@ -325,3 +334,72 @@ def alexa_request(
         },
         "request": request,
     }
+
+
+# --------------------------------------------------------------------------- certificate server
+
+
+@dataclass
+class ChainServer:
+    """What :func:`chain_server` saw: ``base_url``, the paths requested (in order), and the
+    most requests it served at once."""
+
+    base_url: str
+    paths: list[str] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+@contextlib.asynccontextmanager
+async def chain_server(
+    chains: Mapping[str, bytes], *, default: bytes | None = None, delay: float = 0.0
+) -> AsyncIterator[ChainServer]:
+    """An HTTP server on 127.0.0.1 serving ``GET /echo.api/<name>``: ``chains[name]``, else
+    ``default``, else 404, each after ``delay`` seconds (so concurrent downloads overlap)."""
+    from aiohttp import web
+
+    async def serve(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        server.paths.append(request.path)
+        server.in_flight += 1
+        server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            body = chains.get(name, default)
+            return web.Response(body=body) if body is not None else web.Response(status=404)
+        finally:
+            server.in_flight -= 1
+
+    app = web.Application()
+    app.router.add_get("/echo.api/{name}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = ChainServer(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+class LoopbackVerifier(RequestVerifier):
+    """A real ``RequestVerifier`` whose downloads of ``https://s3.amazonaws.com/<path>`` go to
+    ``base_url + <path>`` instead (a :func:`chain_server`); ``downloads`` lists the canonical
+    URLs it fetched. Without ``base_url`` it downloads for real."""
+
+    def __init__(self, *args: Any, base_url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.base_url = base_url
+        self.downloads: list[str] = []
+
+    async def _download(self, url: str) -> bytes:
+        self.downloads.append(url)
+        if self.base_url is None:
+            return await super()._download(url)
+        return await download_chain_pem(
+            self.base_url + url.removeprefix("https://s3.amazonaws.com"),
+            timeout=self.download_timeout,
+            max_bytes=self.max_chain_bytes,
+        )
