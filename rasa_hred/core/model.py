@@ -14,10 +14,12 @@ last token and the target is the utterance without its first, so the prediction 
 
 from __future__ import annotations
 
+import math
+import reprlib
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +27,21 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rasa_hred.core.fields import check_known_keys
+from rasa_hred.errors import UserError
 
 LossOn = Literal["all", "last"]
 T = TypeVar("T")
+
+#: The most parameters a config may describe: 400 MB of float32 weights, 40 times the demo's
+#: HRED (2.3M) and 18 times the paper's MovieTriples model (5.5M). It is checked on the config
+#: alone, so a hostile ``config.json`` is refused before anything is allocated.
+MAX_PARAMETERS = 100_000_000
+#: The most layers of one GRU (the paper uses 1): bounds the work of counting parameters.
+MAX_LAYERS = 32
+
+
+class ModelConfigError(UserError, ValueError):
+    """An ``HREDConfig`` value of the wrong type or outside its range."""
 
 
 @dataclass
@@ -51,13 +65,126 @@ class HREDConfig:
     tie_embeddings: bool = True  # output projection shares the input embedding matrix
     loss_on: LossOn = "all"  # "all" utterances after the first (paper), or "last" (@U3)
 
+    def __post_init__(self) -> None:
+        """Every field's type and range, and the model's size, before any layer is built: a
+        bad value is one line naming the field, not a torch error (or 19 GB) later."""
+        for name in _SIZES:
+            if not _is_int(value := getattr(self, name)) or value < 1:
+                raise ModelConfigError(f"{name} must be a whole number >= 1, not {_show(value)}")
+            if name.endswith("_layers") and value > MAX_LAYERS:
+                raise ModelConfigError(f"{name} must be at most {MAX_LAYERS}, not {value}")
+        for name in _TOKEN_IDS:
+            value = getattr(self, name)
+            if not _is_int(value) or not 0 <= value < self.vocab_size:
+                raise ModelConfigError(
+                    f"{name} must be a token id in 0..{self.vocab_size - 1}, not {_show(value)}"
+                )
+        if len({self.pad_id, self.bos_id, self.eos_id}) < len(_TOKEN_IDS):
+            raise ModelConfigError("pad_id, bos_id and eos_id must be three different tokens")
+        for name in _FLAGS:
+            if not isinstance(value := getattr(self, name), bool):
+                raise ModelConfigError(f"{name} must be true or false, not {_show(value)}")
+        dropout = self.dropout
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
+            raise ModelConfigError(f"dropout must be a number in [0, 1), not {_show(dropout)}")
+        if not 0.0 <= dropout < 1.0:  # NaN fails this too
+            raise ModelConfigError(f"dropout must be in [0, 1), not {dropout}")
+        if self.loss_on not in get_args(LossOn):
+            raise ModelConfigError(
+                f"loss_on must be one of {', '.join(get_args(LossOn))}, not {_show(self.loss_on)}"
+            )
+        if (count := self.parameter_count()) > MAX_PARAMETERS:
+            raise ModelConfigError(
+                f"the config describes a model of {count:,} parameters, more than the limit "
+                f"of {MAX_PARAMETERS:,}"
+            )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HREDConfig:
-        check_known_keys(cls, data, "model config keys", ValueError)
+        check_known_keys(cls, data, "model config keys", ModelConfigError)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor of the model's state dict, from the config alone (no
+        memory): what a weights file must hold. ``HRED``'s layers are kept equal to it by a
+        test."""
+        directions = 2 if self.bidirectional else 1
+        embedding, vocab = self.embedding_size, self.vocab_size
+        hidden, layers = self.decoder_hidden, self.decoder_layers
+        outputs = (2 if self.maxout else 1) * embedding
+        return {
+            "embedding.weight": (vocab, embedding),
+            **_gru_shapes(
+                "utterance_encoder",
+                embedding,
+                self.utterance_hidden,
+                self.utterance_layers,
+                directions,
+            ),
+            **_gru_shapes(
+                "context_encoder",
+                self.utterance_hidden * directions,
+                self.context_hidden,
+                self.context_layers,
+                1,
+            ),
+            "decoder_init.weight": (layers * hidden, self.context_hidden),
+            "decoder_init.bias": (layers * hidden,),
+            **_gru_shapes("decoder", embedding + self.context_hidden, hidden, layers, 1),
+            "output_hidden.weight": (outputs, hidden + self.context_hidden + embedding),
+            "output_hidden.bias": (outputs,),
+            "output.weight": (vocab, embedding),
+            "output.bias": (vocab,),
+        }
+
+    def parameter_count(self) -> int:
+        """``HRED(self).num_parameters()`` without building it (a tied output layer shares
+        the embedding matrix)."""
+        shapes = self.parameter_shapes()
+        if self.tie_embeddings:
+            del shapes["output.weight"]
+        return sum(math.prod(shape) for shape in shapes.values())
+
+
+_SIZES = (
+    "vocab_size",
+    "embedding_size",
+    "utterance_hidden",
+    "context_hidden",
+    "decoder_hidden",
+    "utterance_layers",
+    "context_layers",
+    "decoder_layers",
+)
+_TOKEN_IDS = ("pad_id", "bos_id", "eos_id")
+_FLAGS = ("bidirectional", "maxout", "tie_embeddings")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: object) -> str:
+    """A value from a file, shortened for a one-line message."""
+    return reprlib.repr(value)
+
+
+def _gru_shapes(
+    prefix: str, inputs: int, hidden: int, layers: int, directions: int
+) -> dict[str, tuple[int, ...]]:
+    """The parameters of ``nn.GRU(inputs, hidden, layers, bidirectional=directions == 2)``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(layers):
+        width = inputs if layer == 0 else hidden * directions
+        for suffix in ("", "_reverse")[:directions]:
+            shapes[f"{prefix}.weight_ih_l{layer}{suffix}"] = (3 * hidden, width)
+            shapes[f"{prefix}.weight_hh_l{layer}{suffix}"] = (3 * hidden, hidden)
+            shapes[f"{prefix}.bias_ih_l{layer}{suffix}"] = (3 * hidden,)
+            shapes[f"{prefix}.bias_hh_l{layer}{suffix}"] = (3 * hidden,)
+    return shapes
 
 
 @dataclass
@@ -265,8 +392,9 @@ class HRED(nn.Module):
         An empty context gives the context encoder's initial (zero) state, so the decoder
         still produces an opener.
         """
-        device = self.embedding.weight.device
-        out = torch.zeros(len(contexts), self.config.context_hidden, device=device)
+        weight = self.embedding.weight  # the context comes out in the model's dtype
+        device = weight.device
+        out = weight.new_zeros(len(contexts), self.config.context_hidden)
         present = [i for i, ctx in enumerate(contexts) if ctx]
         if not present:
             return out

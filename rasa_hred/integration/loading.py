@@ -10,7 +10,8 @@ config read from an archive means what it meant to the policy that was trained w
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,30 +89,77 @@ def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def validate_policy_config(config: Mapping[str, Any]) -> None:
-    """Refuse a config the policy cannot work with, before anything is trained or loaded."""
+    """Refuse a config the policy cannot work with, before anything is trained or loaded:
+    the policy's own (Rasa merges it over the defaults) and one read from a model archive
+    (``integration.archive``). Each problem is one line naming the option."""
     if config.get("generate") not in GENERATE_MODES:
         raise HREDPolicyError(
             f"HREDPolicy: generate must be one of {', '.join(GENERATE_MODES)}, "
-            f"not {config.get('generate')!r}"
+            f"not {_show(config.get('generate'))}"
         )
     threshold = config.get("fallback_threshold")
-    if threshold is not None and not (
-        isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0
-    ):
+    if threshold is not None and not (_is_number(threshold) and 0.0 <= float(threshold) <= 1.0):
         raise HREDPolicyError("HREDPolicy: fallback_threshold must be between 0 and 1 (or null)")
     if not config.get("model") and not config.get("corpus"):
         raise HREDPolicyError("HREDPolicy: set either `model` (a trained directory) or `corpus`")
     max_history = config.get("max_history")
-    if max_history is not None and not (
-        isinstance(max_history, int) and not isinstance(max_history, bool) and max_history >= 0
-    ):
-        raise HREDPolicyError("HREDPolicy: max_history must be a number of turns >= 0 (or null)")
+    if max_history is not None and not (_is_int(max_history) and max_history >= 0):
+        raise HREDPolicyError(
+            "HREDPolicy: max_history must be a number of turns >= 0 (or null), "
+            f"not {_show(max_history)}"
+        )
     if config.get("featurizer"):
         raise HREDPolicyError(
             "HREDPolicy: the HRED reads the conversation's texts and uses no featurizer; "
             "remove `featurizer` from its config"
         )
+    for key, (check, what) in _OPTION_TYPES.items():
+        if key in config and not check(config[key]):
+            raise HREDPolicyError(f"HREDPolicy: {key} must be {what}, not {_show(config[key])}")
     decoding_config(config)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_name(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_names(value: object) -> bool:
+    return isinstance(value, list) and all(_is_name(item) for item in value)
+
+
+def _show(value: object) -> str:
+    """A value from a config file, shortened for a one-line message."""
+    return reprlib.repr(value)
+
+
+#: The type of each option the checks above do not cover: a check and what it wants.
+_OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "priority": (_is_int, "a whole number"),
+    "model": (lambda v: v is None or _is_name(v), "a model directory (or null)"),
+    "corpus": (lambda v: v is None or _is_names(v), "a list of corpus specs"),
+    "use_stories": (lambda v: isinstance(v, bool), "true or false"),
+    "epochs": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "embedding_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "hidden_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "bidirectional": (lambda v: isinstance(v, bool), "true or false"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a whole number >= 1"),
+    "seed": (_is_int, "a whole number"),
+    "training": (lambda v: v is None or isinstance(v, Mapping), "a mapping of training options"),
+    "intents": (lambda v: v is None or _is_names(v), "a list of intent names"),
+    "answer_nlu_fallback": (lambda v: isinstance(v, bool), "true or false"),
+    "response": (_is_name, "a response name"),
+    "slot": (_is_name, "a slot name"),
+    "fallback_response": (_is_name, "a response name"),
+    "device": (_is_name, "a device name (auto, cpu, cuda, cuda:1)"),
+}
 
 
 def decoding_config(config: Mapping[str, Any]) -> DecodingConfig | None:
