@@ -269,10 +269,10 @@ def test_load_takes_defaults_from_the_model_directory(tmp_path, model, vocab):
         "decoding": {"beam_size": 3, "max_length": 12, "no_repeat_ngram": 2},
     }
     save_model(tmp_path / "m", model, vocab, extra=extra)
-    gen = ResponseGenerator.load(tmp_path / "m", device="cpu", blocklist=["dog"])
+    gen = ResponseGenerator.load(tmp_path / "m", device="cpu", dtype="float32", blocklist=["dog"])
     assert gen.decoding == DecodingConfig(beam_size=3, max_length=12, no_repeat_ngram=2)
     assert (gen.max_turns, gen.max_utterance_tokens) == (3, 7)
-    assert gen.dtype is None  # bf16 only on CUDA
+    assert gen.dtype == torch.float32
     assert gen.blocklist == [("dog",)]
     context = ["hello there", "how are you"]
     mine = ResponseGenerator(

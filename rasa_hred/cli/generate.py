@@ -7,6 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from rasa_hred.core.precision import DTYPE_NAMES
 from rasa_hred.errors import UserError
 
 if TYPE_CHECKING:
@@ -51,6 +52,13 @@ def add_decoding_options(parser: argparse.ArgumentParser) -> None:
     "decoding"), then the built-in ones (beam 5, length penalty 1.0, trigram blocking)."""
     parser.add_argument("--model", required=True, metavar="DIR", help="model directory")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="inference precision: auto = bfloat16 where the CPU/GPU multiplies it natively "
+        "(AMX-BF16/AVX512-BF16), else float32",
+    )
     group = parser.add_argument_group("decoding (unset: the model's defaults)")
     group.add_argument("--method", choices=["beam", "greedy", "sample"], help="[beam]")
     group.add_argument("--beam-size", type=int, help="beams per reply [5]")
@@ -122,7 +130,7 @@ def load_generator(args: argparse.Namespace) -> ResponseGenerator:
     from rasa_hred.serving.generator import ResponseGenerator
 
     generator = ResponseGenerator.load(
-        args.model, device=args.device, max_turns=getattr(args, "max_turns", None)
+        args.model, device=args.device, dtype=args.dtype, max_turns=getattr(args, "max_turns", None)
     )
     overrides = decoding_overrides(args)
     if overrides:

@@ -535,7 +535,7 @@ def lm_log_probs(model: HRED, sequences: Sequence[Sequence[int]], max_tokens: in
             targets[i, : len(seq)] = torch.tensor(seq)
     lengths = torch.tensor([len(seq) for seq in cut])
     mask = torch.arange(width) < lengths.unsqueeze(1)
-    context = torch.zeros(len(cut), c.context_hidden, device=device)
+    context = model.embedding.weight.new_zeros(len(cut), c.context_hidden)
     return model.target_log_probs(
         inputs.to(device), targets.to(device), mask.to(device), context
     ).sum(dim=1)

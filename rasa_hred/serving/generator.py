@@ -15,15 +15,18 @@ whichever way it arrives:
 - ``agenerate`` is the asyncio entry point: concurrent requests are gathered for a few
   milliseconds (or until ``max_batch_size``) and decoded as one batch in a worker thread,
   so the event loop never waits on a forward pass (``rasa_hred.serving.batcher``).
+
+The model runs in one floating-point type, its weights converted once at load: ``dtype="auto"``
+picks bfloat16 where the hardware multiplies it natively (``rasa_hred.core.precision``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
 import reprlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,8 +36,12 @@ import torch
 from rasa_hred.core.checkpoint import CheckpointError, load_model, resolve_device
 from rasa_hred.core.decoding import DecodingConfig, DecodingError, Hypothesis, decode
 from rasa_hred.core.model import HRED
+from rasa_hred.core.precision import describe, resolve_dtype
 from rasa_hred.core.vocab import Vocabulary, detokenize, tokenize
+from rasa_hred.errors import UserError
 from rasa_hred.serving.batcher import BatchStats, MicroBatcher
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FALLBACK = "Sorry, I don't know what to say."
 DEFAULT_MAX_TURNS = 9  # training windows hold 10 turns: 9 of context and the reply
@@ -95,7 +102,7 @@ class ResponseGenerator:
         overlong: Overlong = "cut",
         placeholders: Mapping[str, str] | None = None,
         batching: bool = True,
-        batch_wait_ms: float = 5.0,
+        batch_wait_ms: float = 0.0,
         max_batch_size: int = 32,
     ) -> None:
         if len(vocabulary) != model.config.vocab_size:
@@ -108,11 +115,13 @@ class ResponseGenerator:
             raise ValueError("fallback_reply must not be empty")
         if overlong not in ("cut", "skip"):
             raise ValueError(f"overlong must be 'cut' or 'skip', not {overlong!r}")
+        self.device = model.embedding.weight.device
+        if dtype is not None:  # the generator owns its model: convert it once, in place
+            model = model.to(resolve_dtype(dtype, self.device))
         self.model = model.eval()
+        self.dtype = model.embedding.weight.dtype
         self.vocabulary = vocabulary
         self.decoding = decoding or DecodingConfig()
-        self.dtype = _parse_dtype(dtype)
-        self.device = model.embedding.weight.device
         self.max_turns = max_turns
         self.max_utterance_tokens = max_utterance_tokens
         self.max_utterance_chars = MAX_CHARS_PER_TOKEN * max_utterance_tokens
@@ -136,16 +145,23 @@ class ResponseGenerator:
         model_dir: str | Path,
         device: str | torch.device = "auto",
         *,
-        dtype: torch.dtype | str | None = None,
+        dtype: torch.dtype | str = "auto",
         decoding: DecodingConfig | None = None,
         max_turns: int | None = None,
         max_utterance_tokens: int | None = None,
         **options: Any,
     ) -> ResponseGenerator:
         """Load a model directory. Unset options come from its ``config.json``: decoding
-        defaults under ``decoding``, the context limits and bf16 from ``training``
-        (bf16 autocast is used on CUDA only). Errors are ``CheckpointError``s."""
-        loaded = load_model(model_dir, device=resolve_device(device))
+        defaults under ``decoding``, the context limits from ``training``. ``dtype``:
+        ``auto`` (bfloat16 on hardware with bf16 units, else float32), ``float32`` or
+        ``bfloat16``; the choice is logged. Errors are ``UserError``s (``CheckpointError`` for
+        the model directory)."""
+        resolved_device = resolve_device(device)
+        try:
+            resolved_dtype = resolve_dtype(dtype, resolved_device)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        loaded = load_model(model_dir, device=resolved_device)
         training = loaded.extra.get("training") or {}
         if not isinstance(training, Mapping):
             raise CheckpointError(f"{model_dir}: config.json 'training' is not a mapping")
@@ -158,8 +174,7 @@ class ResponseGenerator:
                     decoding = DecodingConfig.from_dict(stored)
                 except (DecodingError, TypeError) as error:
                     raise CheckpointError(f"{model_dir}: config.json 'decoding': {error}") from None
-        if dtype is None and loaded.model.embedding.weight.device.type == "cuda":
-            dtype = torch.bfloat16 if training.get("bf16", False) else None
+        logger.info(f"HRED {model_dir}: inference in {describe(resolved_dtype, resolved_device)}")
         if max_turns is None:
             window = _stored_count(training, "max_turns", DEFAULT_MAX_TURNS + 1, model_dir)
             max_turns = max(1, window - 1)  # a training window holds the reply too
@@ -171,7 +186,7 @@ class ResponseGenerator:
             loaded.model,
             loaded.vocabulary,
             decoding=decoding,
-            dtype=dtype,
+            dtype=resolved_dtype,
             max_turns=max_turns,
             max_utterance_tokens=max_utterance_tokens,
             **options,
@@ -237,17 +252,9 @@ class ResponseGenerator:
         else:  # spare candidates for the safety valves to fall back on
             width = max(n, config.beam_size)
             search = config.replace(beam_size=width, n_best=width)
-        with self._lock, self._autocast():
+        with self._lock:
             found = decode(self.model, contexts, search, vocabulary=self.vocabulary)
         return [self._replies(hypotheses, n) for hypotheses in found]
-
-    @contextlib.contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.dtype in (None, torch.float32):
-            yield
-            return
-        with torch.autocast(device_type=self.device.type, dtype=self.dtype):
-            yield
 
     def _replies(self, hypotheses: Sequence[Hypothesis], n: int) -> list[Reply]:
         replies = []
@@ -361,19 +368,3 @@ def _cut(text: str, limit: int) -> str:
     space = head.rfind(" ")
     cut = head[:space] if space > 0 else text[:limit]
     return cut.rstrip(" ,;:-")
-
-
-def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
-    return names[dtype]

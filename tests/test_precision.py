@@ -1,0 +1,91 @@
+"""Inference precision: which dtype ``auto`` picks, and that bf16 keeps a trained model's
+replies and perplexity."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from rasa_hred.core.batching import encode_dialogues
+from rasa_hred.core.checkpoint import load_model
+from rasa_hred.core.evaluation import perplexity, score
+from rasa_hred.core.precision import cpu_has_bf16_units, resolve_dtype
+from rasa_hred.corpora import load_corpus
+from rasa_hred.errors import UserError
+from rasa_hred.serving.generator import ResponseGenerator
+
+CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def without_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this process's CPU probe answer as an older CPU's would."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+
+
+def test_auto_follows_the_cpu_probe(monkeypatch):
+    expected = torch.bfloat16 if cpu_has_bf16_units() else torch.float32
+    assert resolve_dtype("auto", CPU) == expected
+    without_bf16_units(monkeypatch)
+    assert not cpu_has_bf16_units()
+    assert resolve_dtype("auto", CPU) == torch.float32
+
+
+def test_a_probe_that_fails_or_is_missing_means_no_bf16(monkeypatch):
+    def broken() -> bool:
+        raise RuntimeError("cpuinfo unavailable")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert resolve_dtype("auto", CPU) == torch.float32
+
+
+def test_explicit_dtypes_and_bad_names():
+    assert resolve_dtype("float32", CPU) == torch.float32
+    assert resolve_dtype("bfloat16", CPU) == torch.bfloat16
+    assert resolve_dtype(torch.bfloat16, CPU) == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16"):
+        resolve_dtype("fp8", CPU)
+
+
+def test_load_converts_the_weights_once_and_logs_the_choice(tiny_hred, caplog, monkeypatch):
+    with caplog.at_level(logging.INFO, logger="rasa_hred.serving.generator"):
+        gen = ResponseGenerator.load(tiny_hred, device="cpu", dtype="bfloat16")
+    assert gen.dtype == torch.bfloat16
+    assert {p.dtype for p in gen.model.parameters()} == {torch.bfloat16}
+    assert "inference in bfloat16 on the CPU" in caplog.text
+    assert gen.generate([["hello"]])[0].text
+    without_bf16_units(monkeypatch)
+    assert ResponseGenerator.load(tiny_hred, device="cpu").dtype == torch.float32
+    with pytest.raises(UserError, match="dtype must be one of"):
+        ResponseGenerator.load(tiny_hred, device="cpu", dtype="half-ish")
+
+
+def test_bf16_keeps_the_trained_models_replies_and_perplexity(tiny_hred):
+    """The fidelity bars of the serving-speed issue, on a trained model: the same best reply
+    for >= 90% of 200 contexts, last-utterance perplexity within 1%."""
+    corpus = load_corpus(["chatterbot:english"], seed=0)
+    dialogues = [d for d in (*corpus.test, *corpus.validation, *corpus.train) if len(d) >= 2]
+    contexts = [list(d[:-1]) for d in dialogues[:200]]
+    assert len(contexts) == 200
+    replies = {}
+    for dtype in ("float32", "bfloat16"):
+        gen = ResponseGenerator.load(tiny_hred, device="cpu", dtype=dtype)
+        replies[dtype] = [r.text for r in gen.generate(contexts)]
+    same = sum(a == b for a, b in zip(replies["float32"], replies["bfloat16"], strict=True))
+    print(f"same best reply: {same}/200")
+    assert same >= 180
+
+    loaded = load_model(tiny_hred, CPU)
+    encoded = encode_dialogues(dialogues[:400], loaded.vocabulary)
+    with torch.inference_mode():
+        fp32 = perplexity(score(loaded.model, encoded, "last"))
+        bf16 = perplexity(score(loaded.model.to(torch.bfloat16), encoded, "last"))
+    print(f"perplexity_last fp32 {fp32:.3f} bf16 {bf16:.3f} ({bf16 / fp32:.4f}x)")
+    assert math.isfinite(fp32)
+    assert abs(bf16 / fp32 - 1) <= 0.01
