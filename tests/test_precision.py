@@ -89,3 +89,20 @@ def test_bf16_keeps_the_trained_models_replies_and_perplexity(tiny_hred):
     print(f"perplexity_last fp32 {fp32:.3f} bf16 {bf16:.3f} ({bf16 / fp32:.4f}x)")
     assert math.isfinite(fp32)
     assert abs(bf16 / fp32 - 1) <= 0.01
+
+
+def test_the_policy_takes_dtype_and_threads_options(tiny_hred):
+    from rasa_hred.integration.loading import (
+        HREDPolicyError,
+        load_policy_generator,
+        validate_policy_config,
+        with_defaults,
+    )
+
+    gen = load_policy_generator(tiny_hred, {"model": str(tiny_hred), "dtype": "float32"})
+    assert gen.dtype == torch.float32
+    gen = load_policy_generator(tiny_hred, {"model": str(tiny_hred), "dtype": "bfloat16"})
+    assert gen.dtype == torch.bfloat16
+    for bad in ({"dtype": "fp8"}, {"threads": 0}, {"threads": "two"}):
+        with pytest.raises(HREDPolicyError, match=r"dtype|threads"):
+            validate_policy_config(with_defaults({"model": str(tiny_hred), **bad}))

@@ -238,7 +238,7 @@ def run(
     modes: list[bool] | None = None,
     beam_size: int = 5,
     max_batch_size: int = 32,
-    batch_wait_ms: float = 5.0,
+    batch_wait_ms: float = 0.0,
     threads: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:

@@ -97,7 +97,7 @@ def _add_bench_serve(sub: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--beam-size", type=int, default=5)
     bench.add_argument("--max-batch-size", type=int, default=32)
-    bench.add_argument("--batch-wait-ms", type=float, default=5.0)
+    bench.add_argument("--batch-wait-ms", type=float, default=0.0)
     bench.add_argument("--threads", type=int, help="the server's PyTorch CPU threads")
     bench.add_argument("--json", action="store_true", help="print a JSON list")
     bench.set_defaults(handler=bench_serve_command)

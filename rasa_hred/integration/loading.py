@@ -19,6 +19,7 @@ from rasa.shared.exceptions import RasaException
 
 from rasa_hred.core.checkpoint import CheckpointError
 from rasa_hred.core.decoding import DecodingConfig, DecodingError
+from rasa_hred.core.precision import DTYPE_NAMES
 from rasa_hred.errors import UserError
 from rasa_hred.integration.names import FALLBACK_RESPONSE, RESPONSE, SLOT
 
@@ -65,6 +66,10 @@ _DEFAULTS: dict[str, Any] = {
     # tracker featurizer (see HREDPolicy._create_featurizer).
     "max_history": 10,
     "device": "auto",
+    # Inference precision: auto = bfloat16 where the CPU/GPU has bf16 units, else float32.
+    "dtype": "auto",
+    # PyTorch's CPU threads for generation in this process (None: PyTorch's default).
+    "threads": None,
     "decoding": {},  # DecodingConfig options, e.g. {beam_size: 5, mmi_lambda: 0.3}
 }
 
@@ -159,6 +164,8 @@ _OPTION_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "slot": (_is_name, "a slot name"),
     "fallback_response": (_is_name, "a response name"),
     "device": (_is_name, "a device name (auto, cpu, cuda, cuda:1)"),
+    "dtype": (lambda v: v in DTYPE_NAMES, f"one of {', '.join(DTYPE_NAMES)}"),
+    "threads": (lambda v: v is None or (_is_int(v) and v >= 1), "a whole number >= 1, or null"),
 }
 
 
@@ -181,23 +188,29 @@ def load_policy_generator(
     config: Mapping[str, Any],
     *,
     device: str | None = None,
+    dtype: str | None = None,
     batching: bool | None = None,
-    batch_wait_ms: float = 5.0,
+    batch_wait_ms: float = 0.0,
     max_batch_size: int = 32,
 ) -> ResponseGenerator:
     """The generator of an HREDPolicy with ``config`` (over the defaults) whose model is in
     ``model_dir``: its ``device``, its ``decoding`` over the model's defaults, and
-    ``max_history`` turns of context. ``device`` and ``batching`` override the policy's
+    ``max_history`` turns of context. ``device``, ``dtype`` and ``batching`` override the policy's
     (which batches only in ``in_nlg`` mode, where concurrent conversations generate at
     once). Errors are ``UserError``s (``CheckpointError``, ``HREDPolicyError``)."""
     from rasa_hred.serving.generator import ResponseGenerator
 
     config = with_defaults(config)
+    if config["threads"]:
+        import torch
+
+        torch.set_num_threads(config["threads"])
     if batching is None:
         batching = config["generate"] == "in_nlg"
     return ResponseGenerator.load(
         model_dir,
         device=device or config["device"],
+        dtype=dtype or config["dtype"],
         decoding=decoding_config(config),
         max_turns=config["max_history"],
         batching=batching,

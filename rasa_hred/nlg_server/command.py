@@ -64,6 +64,7 @@ class ServeOptions:
     responses: Sequence[str] | None = None
     max_history: int | None = None
     device: str = "auto"
+    dtype: str | None = None  # None: the archive's policy's (auto by default)
     batching: bool = True
     max_batch_size: int = defaults.MAX_BATCH_SIZE
     batch_wait_ms: float = defaults.BATCH_WAIT_MS
@@ -159,6 +160,7 @@ def build_generator(options: ServeOptions, settings: ServeSettings) -> ResponseG
             settings.model_dir,
             policy,
             device=options.device,
+            dtype=options.dtype,
             batching=options.batching,
             batch_wait_ms=options.batch_wait_ms,
             max_batch_size=options.max_batch_size,
