@@ -41,6 +41,7 @@ from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import INTENT_NAME_KEY
 
 from rasa_hred.core.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, load_model, save_model
+from rasa_hred.corpora import merge_turns
 from rasa_hred.errors import UserError
 from rasa_hred.integration import registry
 from rasa_hred.integration.context import INTENT_PREFIX, tracker_context
@@ -310,11 +311,8 @@ def story_dialogues(trackers: list[TrackerWithCachedStates]) -> list[list[str]]:
                 speaker, text = "bot", event.action_text.strip()
             else:
                 continue
-            if turns and turns[-1][0] == speaker:
-                turns[-1] = (speaker, f"{turns[-1][1]} {text}")
-            else:
-                turns.append((speaker, text))
-        dialogue = tuple(text for _, text in turns if text)
+            turns.append((speaker, text))
+        dialogue = tuple(text for _, text in merge_turns(turns) if text)
         if len(dialogue) >= 2 and dialogue not in seen:
             seen.add(dialogue)
             dialogues.append(list(dialogue))
