@@ -22,7 +22,7 @@ from rasa.shared.core.events import (
 )
 from rasa.shared.core.trackers import DialogueStateTracker, EventVerbosity
 
-from rasa_hred.integration.context import MAX_EVENTS, dialogue_context, tracker_context
+from rasa_hred.integration.context import dialogue_context, tracker_context
 
 DOMAIN = Domain.from_yaml(
     """
@@ -337,17 +337,31 @@ def test_objects_and_dicts_can_be_mixed() -> None:
     assert dialogue_context(events) == ["hi", "hello", "and you?"]
 
 
-def test_only_the_last_max_events_are_read() -> None:
-    early = [user("too early to count"), *bot("also too early")]
-    filler = [SlotSet("genre", "drama")] * MAX_EVENTS
-    late = [user("late"), *bot("reply")]
-    events = [*early, *filler, *late]
-    expected = ["late", "reply"]
-    assert dialogue_context(events) == expected
-    assert dialogue_context(deque(events)) == expected
-    assert dialogue_context(iter(events)) == expected
-    assert dialogue_context(e for e in events) == expected
-    assert dialogue_context(events[: len(early)]) == ["too early to count", "also too early"]
+class CountingEvents(list):
+    """A list of events that counts how many of them are read, newest first."""
+
+    read = 0
+
+    def __reversed__(self):  # type: ignore[no-untyped-def]
+        for event in super().__reversed__():
+            self.read += 1
+            yield event
+
+
+def test_reading_stops_at_the_session_start_or_the_last_turn_wanted() -> None:
+    old = [e for i in range(5_000) for e in exchange(f"old {i}", f"old reply {i}")]
+    new = [e for i in range(5_000) for e in exchange(f"new {i}", f"new reply {i}")]
+    events = CountingEvents([*start(), *old, *start(), *new])
+    assert dialogue_context(events, max_turns=3) == ["new reply 4998", "new 4999", "new reply 4999"]
+    assert events.read <= 4 * 4 + 1  # two exchanges and the start of a third, not 40,000
+    events.read = 0
+    context = dialogue_context(events)
+    assert len(context) == 10_000 and context[0] == "new 0"
+    assert events.read == len(new) + 2  # back to session_started, never into the old session
+    # Iterators are read to their end (they cannot be read backwards), with the same result.
+    assert dialogue_context(iter(events), max_turns=3) == context[-3:]
+    assert dialogue_context((e for e in events), max_turns=3) == context[-3:]
+    assert dialogue_context(deque(events), max_turns=3) == context[-3:]
 
 
 def test_tracker_context_matches_the_tracker_json() -> None:
@@ -401,7 +415,7 @@ def _rasa_reference(tracker: DialogueStateTracker) -> list[str]:
     return [text for _, text in turns]
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(200))
 def test_random_conversations_agree_with_rasa_applied_events(seed: int) -> None:
     rng = random.Random(seed)
     events: list[Event] = [*start()]
@@ -425,3 +439,5 @@ def test_random_conversations_agree_with_rasa_applied_events(seed: int) -> None:
     context = tracker_context(tracker)
     assert context == _rasa_reference(tracker)
     assert dialogue_context(as_json(events)) == context
+    for turns in range(5):  # reading stops early, with the same last turns
+        assert tracker_context(tracker, max_turns=turns) == (context[-turns:] if turns else [])

@@ -78,8 +78,15 @@ def domain() -> Domain:
 
 @pytest.fixture(scope="module")
 def generator(tiny_hred):
+    # float32: tests compare batched replies with single ones exactly, and bf16's rounding
+    # depends on the shape of the batch a context is decoded in.
     gen = ResponseGenerator.load(
-        tiny_hred, device="cpu", max_turns=MAX_HISTORY, batch_wait_ms=5, max_batch_size=32
+        tiny_hred,
+        device="cpu",
+        dtype="float32",
+        max_turns=MAX_HISTORY,
+        batch_wait_ms=5,
+        max_batch_size=32,
     )
     yield gen
     gen.close()
@@ -408,6 +415,122 @@ async def test_thousands_of_events_are_bounded(generator, domain):
         assert time.perf_counter() - started < 10
 
 
+async def test_a_body_far_over_the_limit_gets_413_not_a_reset(generator, domain):
+    """Sanic answers 413 while the client still sends; the server then reads and drops the
+    rest (a lingering close) so that the client reads the 413, whatever its HTTP library."""
+    app = create_app(generator, domain, max_body_bytes=1_000_000)
+    events = [{"event": "user", "text": "la " * 300}] * 6_000
+    body = json.dumps(request_body("utter_hred", events)).encode()
+    assert len(body) > 5_000_000
+    async with client(app) as (base, session):
+        async with session.post(f"{base}/nlg", data=body) as response:
+            assert response.status == 413
+            assert "error" in await response.json(content_type=None)
+
+        def with_urllib() -> int:  # the standard library sends the whole body first
+            request = urllib.request.Request(f"{base}/nlg", body)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            return refused.value.code
+
+        assert await asyncio.to_thread(with_urllib) == 413
+        async with session.post(f"{base}/nlg", json=request_body("utter_iamabot", [])) as response:
+            assert response.status == 200  # still serving
+        samples = await metrics_of(session, base)
+    assert requests_count(samples, "invalid", 413) == 2
+
+
+HEADERS_NOT_UTF8 = [
+    ("Authorization: Bearer \xff\xfe", 401),
+    ("Authorization: \xff\xfe s3cret-token", 401),
+    ("Host: \xff", 200),
+    ("Content-Type: application/\xff", 200),
+    ("Connection: \xff", 200),
+    ("X-Forwarded-For: \xff", 200),
+    ("Transfer-Encoding: \xff", 200),
+    ("Expect: \xff", 417),
+    ("Content-Length: \xff", 400),
+]
+
+
+async def test_headers_and_urls_that_are_not_utf8_get_4xx_and_no_traceback(
+    generator, domain, caplog
+):
+    app = create_app(generator, domain, token=TOKEN)
+    body = json.dumps(request_body("utter_iamabot", [])).encode()
+    async with running(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+
+        async def status(head: bytes, target: bytes = b"/nlg") -> bytes:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            length = b"" if b"Content-Length" in head else b"Content-Length: %d\r\n" % len(body)
+            writer.write(b"POST %s HTTP/1.1\r\n%s\r\n%s\r\n%s" % (target, head, length, body))
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(65536), 10)
+            writer.close()
+            assert b'"error"' in answer or b'"text"' in answer, answer
+            return answer.split(b" ", 2)[1]
+
+        authorized = f"Authorization: Bearer {TOKEN}".encode()
+        for header, expected in HEADERS_NOT_UTF8:
+            raw = header.encode("latin-1")
+            if not raw.startswith(b"Authorization"):
+                raw += b"\r\n" + authorized
+            assert await status(raw) == str(expected).encode(), header
+        token = f"token={TOKEN}".encode()
+        assert await status(b"Host: x", b"/nlg?token=\xff\xfe") == b"400"
+        assert await status(b"Host: x", b"/n\xfflg?" + token) == b"400"
+        assert await status(b"Host: x", b"/nlg?token=%ff%fe") == b"401"
+        assert await status(b"Host: x", b"/nlg?" + token) == b"200"
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_what_a_client_sent_is_logged_short(generator, domain, caplog):
+    app = create_app(generator, domain)
+    name = "utter_" + "x" * 300_000 + "\n\ud800"
+    async with client(app) as (base, session):
+        for _ in range(2):
+            body = request_body(name, [], channel="c" * 300_000)
+            async with session.post(f"{base}/nlg", json=body) as response:
+                assert response.status == 200 and await response.json() == {}
+    warnings = [r.getMessage() for r in caplog.records if "has no response" in r.getMessage()]
+    assert len(warnings) == 2
+    assert all(len(message) < 1_000 for message in warnings)
+    assert all("\n" not in message and "(300008 characters)" in message for message in warnings)
+
+
+def test_the_access_log_says_what_sanic_logs_without_the_token():
+    """Sanic leaves the access record's message empty (its extras carry the request), which
+    a plain format such as `rasa-hred serve`'s prints as an empty line."""
+    import logging
+
+    from rasa_hred.nlg_server.connections import AccessLine
+
+    extra = {"status": 200, "byte": 17, "host": "127.0.0.1:5000"}
+    extra["request"] = f"POST http://127.0.0.1:5056/nlg?a=1&token={TOKEN}&b=\ud800"
+    record = logging.getLogger("sanic.access").makeRecord(
+        "sanic.access", logging.INFO, __file__, 1, "", (), None, extra=extra
+    )
+    assert AccessLine().filter(record)
+    assert record.getMessage() == (
+        '127.0.0.1:5000 "POST http://127.0.0.1:5056/nlg?a=1&token=<hidden>&b=\\ud800" 200 17'
+    )
+
+
+async def test_max_events_above_ten_thousand_is_honoured(generator, domain):
+    """--max-events is the one cap on the events read: above 10,000 too."""
+    events = [{"event": "user", "text": "tell me about jaws"}]
+    events += [{"event": "slot", "name": "genre", "value": str(i)} for i in range(15_000)]
+    body = request_body("utter_hred", events)
+    with_it = generator.generate([["tell me about jaws"]])[0].text
+    without = generator.generate([[]])[0].text
+    assert with_it != without
+    for max_events, expected in [(20_000, with_it), (10_000, without)]:
+        app = create_app(generator, domain, max_events=max_events)
+        async with client(app) as (base, session), session.post(f"{base}/nlg", json=body) as r:
+            assert await r.json() == {"text": expected}, max_events
+
+
 async def test_token_query_parameter_or_bearer_header(generator, domain):
     app = create_app(generator, domain, token=TOKEN)
     body = request_body("utter_iamabot", [])
@@ -621,8 +744,8 @@ def test_the_server_generates_with_the_archived_policys_settings(tiny_hred, tmp_
 def test_a_bad_decoding_config_in_the_archive_is_a_user_error(tiny_hred, tmp_path):
     archive = make_archive(tmp_path / "demo.tar.gz", tiny_hred, {"decoding": {"beams": 3}})
     options = ServeOptions(model=archive, device="cpu")
-    settings = resolve_settings(options, tmp_path / "scratch")
     with pytest.raises(UserError, match=r"unknown decoding option.*beams"):
+        settings = resolve_settings(options, tmp_path / "scratch")  # the archive's policy
         build_generator(options, settings)
 
 

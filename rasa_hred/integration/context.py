@@ -34,16 +34,18 @@ Rules:
 - **Untrusted input.** The NLG server feeds JSON from the network (it validates the overall
   shape itself). Entries that are not events, dicts without a known ``"event"`` name,
   missing keys and wrong types are ignored; nothing here raises on bad events.
-- **Bounded work.** Only the last ``MAX_EVENTS`` events are read, so a tracker with a huge
-  history costs the same as a long one.
+- **Bounded work.** The events are read newest first, and reading stops at the current
+  session's start or once ``max_turns`` turns are complete, so a conversation of 20,000
+  turns costs what its last turns do. Callers that take events from the network bound how
+  many they pass (the NLG server's ``--max-events``).
 
 The returned strings are the raw texts, not tokenized.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from itertools import islice
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Reversible
 from typing import TYPE_CHECKING, Any
 
 from rasa.shared.core.events import (
@@ -60,10 +62,8 @@ from rasa.shared.core.events import (
 if TYPE_CHECKING:
     from rasa.shared.core.trackers import DialogueStateTracker
 
-__all__ = ["INTENT_PREFIX", "MAX_EVENTS", "dialogue_context", "tracker_context"]
+__all__ = ["INTENT_PREFIX", "dialogue_context", "tracker_context"]
 
-#: At most this many of the latest events are read.
-MAX_EVENTS = 10_000
 #: A user text starting with this is an intent trigger / button payload (Rasa's syntax).
 INTENT_PREFIX = "/"
 
@@ -116,52 +116,11 @@ def _classify(event: Any) -> tuple[str, Any] | None:
     return None
 
 
-def _last_events(events: Iterable[Any]) -> Iterable[Any]:
-    """The last ``MAX_EVENTS`` events, without walking a long sized sequence (deque, list)."""
-    try:
-        size = len(events)  # type: ignore[arg-type]
-    except TypeError:
-        size = None
-    if size is not None and size > MAX_EVENTS and hasattr(events, "__reversed__"):
-        tail = list(islice(reversed(events), MAX_EVENTS))  # type: ignore[call-overload]
-        tail.reverse()
-        return tail
-    if size is not None:
-        return events
-    # An iterator of unknown length: keep a bounded window while consuming it.
-    window: list[Any] = []
-    for event in events:
-        window.append(event)
-        if len(window) >= 2 * MAX_EVENTS:
-            del window[:MAX_EVENTS]
-    return window[-MAX_EVENTS:]
-
-
-def _pop_through(markers: list[tuple[str, Any]], kind: str) -> None:
-    """Removes markers from the end up to and including the last one of ``kind``."""
-    while markers:
-        if markers.pop()[0] == kind:
-            break
-
-
-def _applied_markers(events: Iterable[Any]) -> list[tuple[str, Any]]:
-    """User/bot/action markers of the current session after rewinds (Rasa's semantics)."""
-    markers: list[tuple[str, Any]] = []
-    for event in _last_events(events):
-        classified = _classify(event)
-        if classified is None:
-            continue
-        kind, text = classified
-        if kind == _RESET:
-            markers.clear()
-        elif kind == _UNDO:
-            _pop_through(markers, _ACTION)
-        elif kind == _REWIND:
-            _pop_through(markers, _USER)
-            _pop_through(markers, _ACTION)
-        else:
-            markers.append((kind, text))
-    return markers
+def _newest_first(events: Iterable[Any]) -> Iterator[Any]:
+    """The events from the newest back, without copying a sequence or deque."""
+    if isinstance(events, Reversible):
+        return reversed(events)
+    return reversed(list(events))  # an iterator has to be read to its end
 
 
 def _turn_text(kind: str, text: Any) -> str | None:
@@ -191,24 +150,35 @@ def dialogue_context(
     """
     if max_turns is not None and max_turns < 0:
         raise ValueError(f"max_turns must be >= 0 or None, got {max_turns}")
-    if isinstance(events, (str, bytes, Mapping)):
-        return []  # not a sequence of events
-    speakers: list[str] = []
-    parts: list[list[str]] = []
-    for kind, raw in _applied_markers(events):
-        if kind == _ACTION:
+    if isinstance(events, (str, bytes, Mapping)) or max_turns == 0:
+        return []  # not a sequence of events, or nothing wanted
+    # Read newest first, a rewind or undo is a debt that the markers before it pay: each is
+    # dropped until one of the owed kind settles it (a rewind owes a user marker, then an
+    # action). An earlier rewind acted first, on what was there then: its debts go in front.
+    owed: deque[str] = deque()
+    turns: list[tuple[str, list[str]]] = []  # newest first, each turn's texts newest first
+    for event in _newest_first(events):
+        classified = _classify(event)
+        if classified is None:
             continue
-        text = _turn_text(kind, raw)
-        if text is None:
-            continue
-        if speakers and speakers[-1] == kind:
-            parts[-1].append(text)
-        else:
-            speakers.append(kind)
-            parts.append([text])
-    if max_turns is not None:
-        parts = parts[-max_turns:] if max_turns else []
-    return [" ".join(turn) for turn in parts]
+        kind, raw = classified
+        if kind == _RESET:
+            break
+        if kind == _UNDO:
+            owed.appendleft(_ACTION)
+        elif kind == _REWIND:
+            owed.extendleft((_ACTION, _USER))  # the user message, then the action before it
+        elif owed:
+            if kind == owed[0]:
+                owed.popleft()
+        elif kind != _ACTION and (text := _turn_text(kind, raw)) is not None:
+            if turns and turns[-1][0] == kind:
+                turns[-1][1].append(text)
+            elif len(turns) == max_turns:
+                break  # the oldest turn wanted is complete
+            else:
+                turns.append((kind, [text]))
+    return [" ".join(reversed(texts)) for _, texts in reversed(turns)]
 
 
 def tracker_context(tracker: DialogueStateTracker, *, max_turns: int | None = None) -> list[str]:

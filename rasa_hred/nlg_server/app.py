@@ -27,13 +27,22 @@ Authentication: with a ``token`` every request to ``/nlg`` and ``/metrics`` must
 ``?token=T`` (what Rasa's ``EndpointConfig`` sends for ``nlg: token: T``) or
 ``Authorization: Bearer T``; otherwise 401.
 
-Bad input never gets a 500: see ``protocol`` for the 400s; a body over ``max_body_bytes``
-gets 413; only the last ``max_events`` events are read; unknown event types are ignored.
-Unexpected errors get a 500 JSON answer and are logged.
+Bad input never gets a 500: see ``protocol`` for the 400s; a header that is not UTF-8 is a
+401 (``Authorization``) or a 400; a body over ``max_body_bytes`` gets 413 (and the client
+sees it: ``connections``); only the last ``max_events`` events are read; unknown event types
+are ignored. Unexpected errors get a 500 JSON answer and are logged. What a client sent is
+logged cut short and escaped.
+
+Slow and hostile clients are bounded by ``connections`` and these Sanic settings, all set
+here: a request must arrive within ``request_timeout`` of its first byte and be answered
+within ``response_timeout``; an idle connection is closed after ``keep_alive_timeout``.
+Bodies over ``INLINE_PARSE_BYTES`` are parsed in a worker thread, so that a long tracker
+does not stop the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import json
@@ -69,6 +78,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_RESPONSES = (RESPONSE,)
+INLINE_PARSE_BYTES = 1_000_000  # larger bodies are parsed in a worker thread
 
 # Names of TemplatedNaturalLanguageGenerator.generate_from_slots' own parameters: response
 # arguments with these names would collide with them and are left out.
@@ -86,13 +96,17 @@ def _token_ok(request: Any, token: str | None) -> bool:
         return True
     expected = token.encode()
     given = request.args.get("token")
-    if isinstance(given, str) and hmac.compare_digest(given.encode(), expected):
+    if isinstance(given, str) and hmac.compare_digest(_raw(given), expected):
         return True
     header = request.headers.get("authorization") or ""
     scheme, _, credentials = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        credentials.strip().encode(), expected
-    )
+    return scheme.lower() == "bearer" and hmac.compare_digest(_raw(credentials.strip()), expected)
+
+
+def _raw(text: str) -> bytes:
+    """The bytes a client sent: Sanic decodes header bytes that are not UTF-8 to lone
+    surrogates (``surrogateescape``), which plain ``encode()`` refuses."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def create_app(
@@ -107,6 +121,9 @@ def create_app(
     fallback_response: str | None = FALLBACK_RESPONSE,
     model_name: str = "hred",
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT,
+    request_timeout: float = defaults.REQUEST_TIMEOUT,
+    response_timeout: float = defaults.RESPONSE_TIMEOUT,
+    keep_alive_timeout: float = defaults.KEEP_ALIVE_TIMEOUT,
     configure_logging: bool = False,
 ) -> Sanic:
     """The NLG server as a Sanic app (a new, uniquely named app per call).
@@ -115,15 +132,18 @@ def create_app(
     one. The app does not close the generator. ``app.ctx.metrics`` holds its metrics."""
     from rasa.core.nlg.response import TemplatedNaturalLanguageGenerator
     from rasa.shared.core.domain import Domain
-    from sanic import Sanic
     from sanic.exceptions import SanicException
     from sanic.response import json as json_response
     from sanic.response import raw
+
+    from rasa_hred.nlg_server.connections import AccessLine, GuardedSanic, printable
 
     if not isinstance(domain, Domain):
         domain = load_domain(domain)
     if max_body_bytes < 1 or max_events < 0:
         raise ValueError("max_body_bytes must be >= 1 and max_events >= 0")
+    if min(request_timeout, response_timeout, keep_alive_timeout) <= 0:
+        raise ValueError("the timeouts must be > 0")
     if max_history is not None and max_history < 0:
         raise ValueError("max_history must be >= 0 (or None: all turns)")
     hred_responses = frozenset(responses)
@@ -131,14 +151,26 @@ def create_app(
     if fallback_response is not None and fallback_response not in domain.responses:
         fallback_response = None
 
-    app = Sanic(
+    app = GuardedSanic(
         f"rasa_hred_nlg_{next(_APP_NUMBERS)}_{uuid.uuid4().hex[:8]}",
         configure_logging=configure_logging,
     )
-    app.config.REQUEST_MAX_SIZE = max_body_bytes
-    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = shutdown_timeout
-    app.config.FALLBACK_ERROR_FORMAT = "json"
-    app.config.NOISY_EXCEPTIONS = False
+    access_log = logging.getLogger("sanic.access")
+    if not any(isinstance(f, AccessLine) for f in access_log.filters):
+        access_log.addFilter(AccessLine())
+    app.config.update(
+        {
+            "REQUEST_MAX_SIZE": max_body_bytes,
+            "REQUEST_TIMEOUT": request_timeout,
+            "RESPONSE_TIMEOUT": response_timeout,
+            "KEEP_ALIVE_TIMEOUT": keep_alive_timeout,
+            "LINGER_SECONDS": defaults.LINGER_SECONDS,
+            "LINGER_BYTES": defaults.LINGER_BYTES,
+            "GRACEFUL_SHUTDOWN_TIMEOUT": shutdown_timeout,
+            "FALLBACK_ERROR_FORMAT": "json",
+            "NOISY_EXCEPTIONS": False,
+        }
+    )
     metrics = ServerMetrics(generator)
     app.ctx.metrics = metrics
     app.ctx.generator = generator
@@ -169,7 +201,9 @@ def create_app(
             if not isinstance(reply.text, str) or not reply.text.strip():
                 raise ValueError("the generator gave an empty reply")
         except Exception:
-            logger.exception(f"generation failed for {nlg.response!r}; answering with the fallback")
+            logger.exception(
+                f"generation failed for '{printable(nlg.response)}'; answering with the fallback"
+            )
             metrics.errors.labels("generation").inc()
             metrics.fallbacks.inc()
             message = None
@@ -192,7 +226,10 @@ def create_app(
         if not _token_ok(request, token):
             return fail(request, UNAUTHORIZED, 401, "missing or wrong token")
         try:
-            parsed = parse_request(request.body, max_events=max_events)
+            if len(request.body) > INLINE_PARSE_BYTES:
+                parsed = await asyncio.to_thread(parse_request, request.body, max_events=max_events)
+            else:
+                parsed = parse_request(request.body, max_events=max_events)
         except BadRequest as error:
             return fail(request, INVALID, error.status, str(error))
         metrics.active += 1
@@ -203,13 +240,15 @@ def create_app(
                 try:
                     rendered = render(parsed.response, parsed)
                 except Exception:
-                    logger.exception(f"cannot render the domain response {parsed.response!r}")
+                    name = printable(parsed.response)
+                    logger.exception(f"cannot render the domain response '{name}'")
                     metrics.errors.labels("render").inc()
-                    return fail(request, ERROR, 500, f"cannot render {parsed.response!r}")
+                    return fail(request, ERROR, 500, f"cannot render '{name}'")
                 if rendered is None:
                     logger.warning(
-                        f"the domain has no response {parsed.response!r} (for channel "
-                        f"{parsed.channel!r}); answering {{}} so that nothing is said"
+                        f"the domain has no response '{printable(parsed.response)}' (for "
+                        f"channel '{printable(str(parsed.channel))}'); answering {{}} so that "
+                        "nothing is said"
                     )
                     kind, message = UNKNOWN, {}
                 else:
@@ -260,6 +299,8 @@ def create_app(
             return fail(request, kind, status, message)
         if request is None or getattr(request, "route", None) is None:
             # Failed before routing: a malformed HTTP request (e.g. a bad Content-Length).
+            if isinstance(exception, UnicodeError):
+                return fail(request, INVALID, 400, "malformed HTTP request (not UTF-8)")
             return fail(request, INVALID, 400, f"malformed HTTP request ({exception})")
         logger.error("unexpected error", exc_info=exception)
         metrics.errors.labels("internal").inc()

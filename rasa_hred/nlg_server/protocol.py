@@ -5,14 +5,28 @@ Rasa POSTs ``{"response": "utter_x", "id": .., "arguments": {..}, "tracker": {..
 validated here, before anything reads it; a bad one is a ``BadRequest`` with a message that
 says what is wrong. A missing ``channel``, ``arguments`` or ``slots`` means none (Rasa always
 sends them).
+
+The tracker holds every event since the conversation began: 20,000 turns are about 45 MB of
+JSON. The body is read as ``json.loads`` reads it (same grammar, same errors), but the events
+are decoded one at a time and only the last ``max_events`` are kept, so a long conversation
+costs its size in time, not ten times its size in memory; and a worker thread that parses
+one gives the event loop its turn between events.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from json.decoder import JSONDecodeError
 from typing import Any
+
+_DECODER = json.JSONDecoder()
+# json's C scanner (one value at an index), as JSONDecoder.__init__ sets it; typeshed lacks it.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 class BadRequest(Exception):
@@ -40,7 +54,7 @@ def parse_request(body: bytes, *, max_events: int) -> NLGRequest:
     if not body:
         raise BadRequest("empty body: expected a JSON object")
     try:
-        payload = json.loads(body)
+        payload = _read_body(body.decode("utf-8"), max_events)
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
     except RecursionError:
@@ -56,7 +70,7 @@ def parse_request(body: bytes, *, max_events: int) -> NLGRequest:
     if not isinstance(tracker, dict):
         raise BadRequest(f"'tracker' must be an object, not {_json_type(tracker)}")
     events = tracker.get("events")
-    if not isinstance(events, list):
+    if not isinstance(events, (list, deque)):
         raise BadRequest(f"'tracker.events' must be a list, not {_json_type(events)}")
     slots = tracker.get("slots")
     if slots is None:
@@ -77,9 +91,85 @@ def parse_request(body: bytes, *, max_events: int) -> NLGRequest:
         arguments = {}
     elif not isinstance(arguments, dict):
         raise BadRequest(f"'arguments' must be an object, not {_json_type(arguments)}")
-    if max_events >= 0 and len(events) > max_events:
-        events = events[-max_events:] if max_events else []
-    return NLGRequest(response, events, slots, name, arguments)
+    return NLGRequest(response, list(events), slots, name, arguments)
+
+
+def _read_body(text: str, max_events: int) -> Any:
+    """``json.loads(text)``, except that ``tracker.events`` is a deque of its last
+    ``max_events`` events (decoded one at a time)."""
+    start = _skip_space(text, 0)
+    if not text.startswith("{", start):
+        return json.loads(text)  # not an object: the caller says so
+
+    def member(key: str, at: int) -> tuple[Any, int]:
+        if key == "tracker" and text.startswith("{", at):
+            return _read_object(text, at, tracker_member)
+        return _DECODER.raw_decode(text, at)
+
+    def tracker_member(key: str, at: int) -> tuple[Any, int]:
+        if key == "events" and text.startswith("[", at):
+            return _read_tail(text, at, max_events)
+        return _DECODER.raw_decode(text, at)
+
+    payload, end = _read_object(text, start, member)
+    end = _skip_space(text, end)
+    if end != len(text):
+        raise JSONDecodeError("Extra data", text, end)
+    return payload
+
+
+def _skip_space(text: str, at: int) -> int:
+    return _SPACE.match(text, at).end()  # type: ignore[union-attr]  # it matches "" too
+
+
+def _read_object(
+    text: str, at: int, read_member: Callable[[str, int], tuple[Any, int]]
+) -> tuple[dict[str, Any], int]:
+    """The JSON object at ``text[at] == "{"`` and the index after it, as ``json``'s own
+    ``JSONObject`` reads one; ``read_member(key, index)`` decodes each value."""
+    members: dict[str, Any] = {}
+    at = _skip_space(text, at + 1)
+    if text.startswith("}", at):
+        return members, at + 1
+    while True:
+        if not text.startswith('"', at):
+            raise JSONDecodeError("Expecting property name enclosed in double quotes", text, at)
+        key, at = _DECODER.raw_decode(text, at)
+        at = _skip_space(text, at)
+        if not text.startswith(":", at):
+            raise JSONDecodeError("Expecting ':' delimiter", text, at)
+        members[key], at = read_member(key, _skip_space(text, at + 1))
+        at = _skip_space(text, at)
+        if text.startswith("}", at):
+            return members, at + 1
+        if not text.startswith(",", at):
+            raise JSONDecodeError("Expecting ',' delimiter", text, at)
+        at = _skip_space(text, at + 1)
+
+
+def _read_tail(text: str, at: int, keep: int) -> tuple[deque[Any], int]:
+    """The last ``keep`` items of the JSON array at ``text[at] == "["``, each decoded and
+    dropped in turn, and the index after the array. (The loop runs once per event: it calls
+    the C scanner itself and takes Rasa's ``", "`` between events without a regex.)"""
+    items: deque[Any] = deque(maxlen=keep)
+    at = _skip_space(text, at + 1)
+    if text.startswith("]", at):
+        return items, at + 1
+    while True:
+        try:
+            item, at = _SCAN(text, at)
+        except StopIteration as error:
+            raise JSONDecodeError("Expecting value", text, error.value) from None
+        items.append(item)
+        if text.startswith(", ", at) and not text[at + 2 : at + 3].isspace():
+            at += 2
+            continue
+        at = _skip_space(text, at)
+        if text.startswith("]", at):
+            return items, at + 1
+        if not text.startswith(",", at):
+            raise JSONDecodeError("Expecting ',' delimiter", text, at)
+        at = _skip_space(text, at + 1)
 
 
 def _json_type(value: Any) -> str:

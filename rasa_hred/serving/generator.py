@@ -12,8 +12,8 @@ whichever way it arrives:
   reply may not contain (the next-best candidate is taken, ``fallback_reply`` when none is
   clean), a maximum length in characters (cut at a word boundary, or skipped), and never an
   empty text;
-- ``agenerate`` is the asyncio entry point: concurrent requests are gathered for a few
-  milliseconds (or until ``max_batch_size``) and decoded as one batch in a worker thread,
+- ``agenerate`` is the asyncio entry point: requests that arrive while a batch runs are
+  decoded together as the next batch (up to ``max_batch_size``) in a worker thread,
   so the event loop never waits on a forward pass (``rasa_hred.serving.batcher``).
 
 The model runs in one floating-point type, its weights converted once at load: ``dtype="auto"``
@@ -310,9 +310,11 @@ class ResponseGenerator:
     async def agenerate(self, context: Sequence[str]) -> Reply:
         """The reply to one conversation, batched with concurrent calls on the same loop.
 
-        Requests wait at most ``batch_wait_ms`` (or until ``max_batch_size`` are queued)
-        and run as one ``generate`` batch in the generator's worker thread; a request's
-        reply is exactly what ``generate([context])`` gives. A bad context raises here;
+        A request that finds the batcher idle runs at once; those that arrive meanwhile
+        run together next (``rasa_hred.serving.batcher``), as one ``generate`` batch in the
+        generator's worker thread. In float32 a request's reply is exactly what
+        ``generate([context])`` gives (in bfloat16, up to rounding that depends on the
+        batch's shape). A bad context raises here;
         if a batch fails, its requests are retried one by one so that an error reaches
         only the caller whose request caused it. With ``batching=False`` each request
         runs alone (in the same worker thread)."""
