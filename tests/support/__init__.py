@@ -5,7 +5,11 @@
 - ``support.models``: a tiny trained HRED, the demo assistant with it (``rasa train``).
 - ``support.servers``: servers on free loopback ports: a Sanic app in this event loop
   (``running``), ``rasa run`` as a subprocess (``rasa_server``).
-- ``support.alexa_pki``: a throw-away PKI that signs Alexa requests, and request bodies.
+- ``support.alexa_pki``: a throw-away PKI that signs Alexa requests, and request bodies;
+  ``chain_server`` (a counting stand-in for Amazon's certificate host), ``LoopbackVerifier``.
+- ``support.hostile``: crafted archives and model directories, built in milliseconds.
+- ``support.trackers``: Rasa-3.6-style tracker JSON of any length.
+- ``support.nlg``: the NLG server in its own process.
 - ``support.oracles``: slow, plainly written references for the decoder's fast paths.
 
 ``tests/conftest.py`` turns the slow ones into session fixtures (``tiny_hred``,
