@@ -15,14 +15,21 @@ A ``.yml``/``.yaml`` file without prefix is detected by its content, and a direc
 prefix loads every YAML and text file in it (YAML files holding neither conversations nor
 stories, such as ``nlu.yml`` or ``domain.yml``, are passed over and reported).
 
-A new format is a module beside this one (a loader taking a path and a
-``DialogueCollector``) plus its prefix in ``FORMATS`` and a branch in ``_load_spec``.
+- ``chitchat`` (or ``chitchat:FILE``): the Chit-Chat Challenge conversations of the installed
+  ``chitchat-dataset`` package (or a file of that JSON form);
+- the formats of ``PATH_FORMATS`` (``prefix:PATH``; a bare path where its ``detect`` knows it);
+- the prefixes of the ``sources`` a caller passes to :func:`load_corpus` for data that is not
+  a path this layer can read (the Rasa tracker store: ``tracker-store:ENDPOINTS_YML``).
+
+A new file format is a module beside this one (a loader taking a path and a
+``DialogueCollector``, and optionally a detector of bare paths) plus its entry in
+``PATH_FORMATS``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,11 +50,31 @@ from rasa_hred.corpora.chatterbot import (
     chatterbot_language_files,
     holds_conversations,
 )
+from rasa_hred.corpora.chitchat import chitchat_dialogues, chitchat_package_file
 from rasa_hred.corpora.movietriples import is_movietriples, load_movietriples
 from rasa_hred.corpora.rasa_stories import holds_stories, rasa_dialogues
 from rasa_hred.corpora.text import TEXT_SUFFIXES, load_text
 
-FORMATS = ("movietriples", "text", "chatterbot", "rasa")
+#: Reads the dialogues of a spec that is not a path (the rest of the spec after ``prefix:``).
+SourceLoader = Callable[[str, DialogueCollector], list[Dialogue]]
+
+
+@dataclass(frozen=True)
+class PathFormat:
+    """A format read from one path (file or directory)."""
+
+    load: Callable[[Path, DialogueCollector], list[Dialogue]]
+    #: Whether a bare path (no prefix) is in this format; ``None``: only with the prefix.
+    detect: Callable[[Path], bool] | None = None
+    #: The path a bare ``prefix`` (or ``prefix:``) stands for, e.g. a package's data.
+    default: Callable[[], Path] | None = None
+
+
+PATH_FORMATS: dict[str, PathFormat] = {
+    "chitchat": PathFormat(chitchat_dialogues, default=chitchat_package_file),
+}
+
+FORMATS = ("movietriples", "text", "chatterbot", "rasa", *PATH_FORMATS)
 
 
 @dataclass
@@ -66,8 +93,12 @@ def load_corpus(
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.9, 0.05, 0.05),
     map_numbers: bool = True,
+    sources: Mapping[str, SourceLoader] | None = None,
 ) -> Corpus:
     """Load and combine corpus specs (see the module docstring).
+
+    ``sources`` maps further spec prefixes to their loaders (layers above this one pass what
+    they can read, e.g. a Rasa tracker store).
 
     Sources with their own splits (MovieTriples) keep them; all other dialogues are pooled, in
     spec order, and split by :func:`split_dialogues` with ``seed``. When a MovieTriples source
@@ -83,10 +114,10 @@ def load_corpus(
     own: dict[str, list[Dialogue]] = {name: [] for name in SPLIT_NAMES}
     pooled: list[Dialogue] = []
     vocabulary: Vocabulary | None = None
-    sources: list[str] = []
+    descriptions: list[str] = []
     for spec in specs:
-        source = _load_spec(spec, collector)
-        sources.append(source.description)
+        source = _load_spec(spec, collector, sources or {})
+        descriptions.append(source.description)
         if source.splits is not None:
             for name in SPLIT_NAMES:
                 own[name] += source.splits[name]
@@ -105,7 +136,7 @@ def load_corpus(
         test=own["test"] + test,
         vocabulary=vocabulary,
         skipped=dict(collector.skipped),
-        sources=sources,
+        sources=descriptions,
     )
     if not (corpus.train or corpus.validation or corpus.test):
         detail = "; ".join(f"{reason}: {count}" for reason, count in collector.skipped.items())
@@ -116,8 +147,16 @@ def load_corpus(
     return corpus
 
 
-def _load_spec(spec: str, collector: DialogueCollector) -> _Source:
-    fmt, path_text = _split_prefix(spec)
+def _load_spec(
+    spec: str, collector: DialogueCollector, sources: Mapping[str, SourceLoader]
+) -> _Source:
+    fmt, path_text = _split_prefix(spec, sources)
+    if fmt is not None and fmt in sources:
+        return _Source(spec, sources[fmt](path_text, collector))
+    path_format = PATH_FORMATS.get(fmt or "")
+    if path_format is not None and not path_text and path_format.default is not None:
+        path = path_format.default()
+        return _Source(f"{fmt} ({path})", path_format.load(path, collector))
     if fmt == "chatterbot" and not Path(path_text).expanduser().exists():
         directory, files = chatterbot_language_files(path_text, spec)
         dialogues: list[Dialogue] = []
@@ -129,6 +168,12 @@ def _load_spec(spec: str, collector: DialogueCollector) -> _Source:
     if fmt == "movietriples" or (fmt is None and is_movietriples(path)):
         splits, vocabulary = load_movietriples(path, collector)
         return _Source(f"movietriples:{path}", splits=splits, vocabulary=vocabulary)
+    if path_format is not None:
+        return _Source(f"{fmt}:{path}", path_format.load(path, collector))
+    if fmt is None:
+        for name, candidate in PATH_FORMATS.items():
+            if candidate.detect is not None and candidate.detect(path):
+                return _Source(f"{name}:{path}", candidate.load(path, collector))
 
     if path.is_dir():
         files = sorted(
@@ -184,15 +229,21 @@ def _load_yaml_file(
     return rasa_dialogues(data, path, collector)
 
 
-def _split_prefix(spec: str) -> tuple[str | None, str]:
+def _split_prefix(spec: str, sources: Mapping[str, SourceLoader]) -> tuple[str | None, str]:
+    if Path(spec).expanduser().exists():
+        return None, spec
+    known = (*FORMATS, *sources)
+    bare = spec.lower()
+    if bare in PATH_FORMATS and PATH_FORMATS[bare].default is not None:
+        return bare, ""  # e.g. ``chitchat``: the package's data
     match = re.fullmatch(r"([A-Za-z][A-Za-z0-9_-]+):(.*)", spec, flags=re.DOTALL)
-    if match is None or Path(spec).expanduser().exists():
+    if match is None:
         return None, spec
     prefix = match.group(1).lower()
-    if prefix not in FORMATS:
+    if prefix not in known:
         raise CorpusError(
             f"corpus spec {spec!r}: unknown format {prefix!r} (and no such path); "
-            f"use one of {', '.join(f + ':' for f in FORMATS)} or a path"
+            f"use one of {', '.join(f + ':' for f in known)} or a path"
         )
     return prefix, match.group(2)
 
