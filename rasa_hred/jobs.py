@@ -7,18 +7,19 @@ generated replies also needs the serving layer's generator.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rasa_hred.core.batching import encode_dialogues
 from rasa_hred.core.checkpoint import load_model, resolve_device
-from rasa_hred.core.evaluation import diversity, evaluate
+from rasa_hred.core.evaluation import context_turns, diversity, evaluate, progress_bar
 from rasa_hred.core.training import TrainingConfig, TrainingResult, train_model
-from rasa_hred.corpora import load_corpus
+from rasa_hred.corpora import Corpus, Dialogue, load_corpus
 from rasa_hred.serving.generator import ResponseGenerator
 
 GENERATION_BATCH = 64  # contexts per generate() call when measuring diversity
+ALL_SPLITS = "all"  # eval's split name for every dialogue of the specs
 
 
 def train_on_corpus(
@@ -51,28 +52,65 @@ def evaluate_on_corpus(
     batch_size: int = 64,
     device: str = "auto",
     replies: int = 0,
+    max_turns: int | None = None,
+    decoding: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """The figures of ``rasa-hred eval``: perplexities, error rate and the shuffled-context
-    control of a model directory on one split of ``specs``; with ``replies`` > 0 also the
-    diversity of replies generated for up to that many of the split's contexts.
+    """The figures of ``rasa-hred eval``: perplexities, error rate, the shuffled-context
+    control and the history ablation of a model directory on one split of ``specs`` (``all``:
+    every dialogue); with ``replies`` > 0 also the diversity of replies generated for up to
+    that many of the split's contexts, under the model's decoding with ``decoding`` on top.
 
     ``seed`` is the train/validation/test split seed; by default the one used in training.
-    Dialogues are cut as in training (its ``max_utterance_tokens`` and ``max_turns``)."""
+    Dialogues are cut as in training (its ``max_utterance_tokens`` and ``max_turns``), so the
+    history ablation goes up to the previous turns a training window holds; ``max_turns``
+    (at most that) is the context of ``perplexity_last`` and of the generated replies."""
     loaded = load_model(model_dir, resolve_device(device))
     training = loaded.extra.get("training", {})
     split_seed = seed if seed is not None else training.get("split_seed", 0)
-    dialogues = load_corpus(specs, seed=split_seed).split(split)
+    dialogues = split_of(load_corpus(specs, seed=split_seed), split)
+    window = training.get("max_turns", TrainingConfig.max_turns)
     encoded = encode_dialogues(
         dialogues,
         loaded.vocabulary,
-        max_utterance_tokens=training.get("max_utterance_tokens", 50),
-        max_turns=training.get("max_turns", 10),
+        max_utterance_tokens=training.get(
+            "max_utterance_tokens", TrainingConfig.max_utterance_tokens
+        ),
+        max_turns=window,
     )
-    result: dict[str, Any] = {"model": str(model_dir), "split": split}
-    result |= evaluate(loaded.model, encoded, batch_size, split_seed)
+    result: dict[str, Any] = {
+        "model": str(model_dir),
+        "split": split,
+        "corpus_dialogues": len(dialogues),
+    }
+    result |= evaluate(
+        loaded.model,
+        encoded,
+        batch_size,
+        split_seed,
+        max_turns=max_turns,
+        trained_turns=context_turns(window),
+        progress=progress,
+    )
     if replies:
-        result |= generated_diversity(model_dir, dialogues, replies, device=device)
+        result |= generated_diversity(
+            model_dir,
+            dialogues,
+            replies,
+            device=device,
+            max_turns=max_turns,
+            decoding=decoding,
+            progress=progress,
+        )
     return result
+
+
+def split_of(corpus: Corpus, split: str) -> list[Dialogue]:
+    """The dialogues of ``split``; ``all`` (for a file that was never split) joins train,
+    validation and test, in that order."""
+    if split == ALL_SPLITS:
+        return [*corpus.train, *corpus.validation, *corpus.test]
+    return corpus.split(split)
 
 
 def generated_diversity(
@@ -81,16 +119,27 @@ def generated_diversity(
     count: int,
     *,
     device: str = "auto",
-) -> dict[str, float]:
+    max_turns: int | None = None,
+    decoding: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Generate a reply for the context of up to ``count`` dialogues (each without its last
-    utterance) and measure the replies' diversity."""
-    generator = ResponseGenerator.load(model_dir, device=device)
+    utterance, at most ``max_turns`` turns of it: by default as in training) and measure the
+    replies' diversity. The decoding is what serving uses: the model directory's
+    (``config.json`` "decoding", else the defaults) with ``decoding`` on top; it is reported
+    as ``decoding``."""
+    generator = ResponseGenerator.load(model_dir, device=device, max_turns=max_turns)
     contexts = [list(d[:-1]) for d in dialogues[:count]]
     tokens: list[list[str]] = []
+    bar = progress_bar(len(contexts), "replies", "reply", progress)
     try:
+        if decoding:
+            generator.decoding = generator.decoding.replace(**decoding)
         for start in range(0, len(contexts), GENERATION_BATCH):
             batch = contexts[start : start + GENERATION_BATCH]
             tokens.extend(reply.tokens for reply in generator.generate(batch))
+            bar.update(len(batch))
     finally:
+        bar.close()
         generator.close()
-    return diversity(tokens)
+    return {**diversity(tokens), "decoding": generator.decoding.to_dict()}

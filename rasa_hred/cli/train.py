@@ -70,30 +70,56 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     evaluate = commands.add_parser(
         "eval",
-        help="perplexity, error rate and the shuffled-context control of a model",
+        help="perplexity, error rate, history ablation and shuffled-context control of a model",
         description=(
             "Evaluate a model directory on a corpus split. Prints perplexity (every modelled "
             "token), perplexity_last (last utterance only, the paper's @U3), error_rate "
-            "(argmax misses under teacher forcing), tokens, and "
+            "(argmax misses under teacher forcing), tokens, "
             "perplexity_last_shuffled_context (last utterance after another dialogue's "
-            "context: clearly higher when the model uses its context)."
+            "context: clearly higher when the model uses its context), and the history "
+            "ablation: perplexity_last with at most K = 1, 2, 4 and the trained maximum of "
+            "previous turns, on the same last utterances (lower with more K when history "
+            "helps), with context_gain = shuffled / true context. Dialogues are cut into "
+            "windows as in training (its max_turns)."
         ),
     )
     evaluate.add_argument("--model", required=True, help="model directory")
     evaluate.add_argument("--corpus", nargs="+", required=True, metavar="SPEC")
-    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    evaluate.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "validation", "test", "all"],
+        help="the split to score; all = every dialogue (a file that was never split) [test]",
+    )
     evaluate.add_argument(
         "--seed", type=int, help="train/valid/test split seed (default: the one used in training)"
     )
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     evaluate.add_argument(
+        "--max-turns",
+        type=_previous_turns,
+        metavar="K",
+        help="score the last utterance (and generate --replies) with at most K previous turns, "
+        "K=1: only the utterance it answers (default: as many as training's windows hold)",
+    )
+    evaluate.add_argument(
         "--replies",
         type=int,
         default=0,
         metavar="N",
         help="also generate replies for up to N contexts of the split and report distinct-1, "
-        "distinct-2 and the share of unique replies",
+        "distinct-2, the share of unique replies, repeated trigrams and <unk>s, under the "
+        "model's decoding (config.json 'decoding', else the defaults), reported as decoding",
+    )
+    evaluate.add_argument(
+        "--decoding",
+        metavar="JSON",
+        help="decoding options over the model's for --replies, e.g. a policy's: "
+        '\'{"beam_size": 10, "mmi_lambda": 0.5}\'',
+    )
+    evaluate.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar"
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=eval_command)
@@ -172,8 +198,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    from rasa_hred.core.decoding import DecodingConfig
     from rasa_hred.jobs import evaluate_on_corpus
 
+    decoding = _decoding_json(args.decoding)
+    if decoding and not args.replies:
+        raise UserError("--decoding applies to the replies of --replies N; give both")
+    DecodingConfig().replace(**decoding)  # a misspelt option fails before the long scoring
     result = evaluate_on_corpus(
         args.model,
         args.corpus,
@@ -182,10 +213,81 @@ def eval_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         replies=args.replies,
+        max_turns=args.max_turns,
+        decoding=decoding,
+        progress=args.progress,
     )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>34}: {value:.4f}" if isinstance(value, float) else f"{key:>34}: {value}")
+    print(json.dumps(result) if args.json else format_evaluation(result))
     return 0
+
+
+def _previous_turns(text: str) -> int:
+    """``--max-turns``: a whole number >= 1 (the scored utterance keeps a context)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number >= 1 (previous turns before the scored utterance), "
+            f"not {text!r}"
+        )
+    return value
+
+
+def _decoding_json(text: str | None) -> dict[str, Any]:
+    """``--decoding JSON`` as a mapping of option: value ({} when not given)."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--decoding: not valid JSON ({error})") from None
+    if not isinstance(options, dict):
+        raise UserError("--decoding must be a JSON object of decoding options")
+    return options
+
+
+def format_evaluation(result: dict[str, Any]) -> str:
+    """``eval``'s figures one per line; the history ablation as a small table and the
+    decoding on one line."""
+    lines = [
+        _figure(key, value) for key, value in result.items() if key not in ("history", "decoding")
+    ]
+    history = result.get("history")
+    if history:
+        lines += _history_table(history)
+    decoding = result.get("decoding")
+    if decoding:
+        shown = (
+            f"{key}={','.join(value) if isinstance(value, list) else value}"
+            for key, value in decoding.items()
+        )
+        lines.append(_figure("decoding", " ".join(shown)))
+    return "\n".join(lines)
+
+
+def _figure(key: str, value: Any) -> str:
+    return f"{key:>34}: {value:.4f}" if isinstance(value, float) else f"{key:>34}: {value}"
+
+
+def _history_table(history: dict[str, Any]) -> list[str]:
+    rows = history["by_max_turns"]
+    tokens = rows[0]["tokens_last"] if rows else 0
+    lines = [
+        f"history: perplexity_last with at most K previous turns "
+        f"({history['last_utterances']} last utterances, {tokens} tokens each K)",
+        f"{'K':>6} {'perplexity_last':>16} {'vs K=1':>8} {'contexts cut':>13}",
+    ]
+    lines += [
+        f"{row['max_turns']:>6} {row['perplexity_last']:>16.4f} "
+        f"{row['ratio_to_1']:>7.3f}x {row['contexts_cut']:>13}"
+        for row in rows
+    ]
+    control = history.get("shuffled_context")
+    if control:
+        lines.append(
+            f"{'shuffled context':>16} (K={control['max_turns']}): "
+            f"{control['perplexity_last']:.4f}, context gain {history['context_gain']:.3f}x"
+        )
+    return lines
