@@ -77,6 +77,7 @@ def evaluate_on_corpus(
             "max_utterance_tokens", TrainingConfig.max_utterance_tokens
         ),
         max_turns=window,
+        align_end=True,  # the last utterance of every window but the first has a full context
     )
     result: dict[str, Any] = {
         "model": str(model_dir),

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from rasa_hred.cli import main
+from rasa_hred.core.batching import windows
 from rasa_hred.core.checkpoint import CheckpointError, load_model, save_model
 from rasa_hred.core.model import DialogueBatch
 from rasa_hred.core.training import LAST_CHECKPOINT, Trainer, TrainingConfig, train_model
@@ -347,3 +348,19 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(tmp_path, corpus_
     assert changed, "training under torchrun did not change the weights"
     records = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     assert len(records) == 2  # rank 0 alone wrote the metrics
+
+
+@pytest.mark.parametrize("align_end", [False, True])
+@pytest.mark.parametrize("turns", [2, 3, 9, 10, 11, 19, 22])
+@pytest.mark.parametrize("max_turns", [2, 3, 10])
+def test_windows_make_every_turn_after_the_first_a_target_once(
+    turns: int, max_turns: int, align_end: bool
+) -> None:
+    dialogue = [[i] for i in range(turns)]
+    cut = windows(dialogue, max_turns, align_end=align_end)
+    targets = [utterance[0] for window in cut for utterance in window[1:]]
+    assert sorted(targets) == list(range(1, turns))
+    assert all(2 <= len(window) <= max_turns for window in cut)
+    if align_end:  # every window but the first is full: its last utterance has most context
+        assert all(len(window) == min(turns, max_turns) for window in cut[1:])
+        assert cut[-1][-1] == [turns - 1]

@@ -29,15 +29,20 @@ def encode_dialogue(
     ]
 
 
-def windows(dialogue: DialogueIds, max_turns: int) -> list[DialogueIds]:
+def windows(dialogue: DialogueIds, max_turns: int, *, align_end: bool = False) -> list[DialogueIds]:
     """Cut a long dialogue into windows of at most ``max_turns`` turns.
 
     Windows overlap by one turn, so every turn after the first is a target exactly once and
-    always has at least one turn of context.
+    always has at least one turn of context. ``align_end`` cuts from the end, so that every
+    window but the first is full and its last utterance has the longest context a window
+    gives (what evaluating the last utterances with more or less history needs).
     """
     if len(dialogue) <= max_turns:
         return [dialogue]
     step = max_turns - 1
+    if align_end:
+        ends = range(len(dialogue), 1, -step)
+        return [dialogue[max(0, end - max_turns) : end] for end in reversed(ends)]
     return [
         dialogue[start : start + max_turns]
         for start in range(0, len(dialogue) - 1, step)
@@ -51,12 +56,12 @@ def encode_dialogues(
     *,
     max_utterance_tokens: int = 50,
     max_turns: int = 10,
+    align_end: bool = False,
 ) -> list[DialogueIds]:
     encoded: list[DialogueIds] = []
     for dialogue in dialogues:
-        encoded.extend(
-            windows(encode_dialogue(dialogue, vocabulary, max_utterance_tokens), max_turns)
-        )
+        ids = encode_dialogue(dialogue, vocabulary, max_utterance_tokens)
+        encoded.extend(windows(ids, max_turns, align_end=align_end))
     return encoded
 
 
