@@ -200,9 +200,15 @@ class Trainer:
                 (u.split() for d in train for u in d), max_size=c.vocab_size, min_freq=c.min_freq
             )
         self.vocabulary = vocabulary
-        encode = {"max_utterance_tokens": c.max_utterance_tokens, "max_turns": c.max_turns}
-        self.train_ids = encode_dialogues(train, vocabulary, **encode)
-        self.valid_ids = encode_dialogues(validation, vocabulary, **encode)
+        self.train_ids, self.valid_ids = (
+            encode_dialogues(
+                dialogues,
+                vocabulary,
+                max_utterance_tokens=c.max_utterance_tokens,
+                max_turns=c.max_turns,
+            )
+            for dialogues in (train, validation)
+        )
         if not self.train_ids:
             raise UserError("the training split has no dialogues")
         self.model = HRED(c.model_config(vocabulary)).to(self.device)

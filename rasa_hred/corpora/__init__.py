@@ -1,8 +1,10 @@
 """Dialogue corpora: one module per format, combined and split by ``load_corpus``.
 
 ``base`` (the ``Corpus``, the split, shared file helpers and their size bounds),
-``movietriples``, ``text``, ``chatterbot``, ``rasa_stories`` (one per format), ``pickles`` (the
-plain-data unpickler), ``specs`` (which loader reads a spec, and combining), ``stats``.
+``movietriples``, ``text``, ``chatterbot``, ``rasa_stories``, ``chitchat``, ``cornell``,
+``dailydialog``, ``personachat``, ``jsonl`` (one per format), ``lines`` (line-based files),
+``pickles`` (the plain-data unpickler), ``specs`` (which loader reads a spec, and combining),
+``stats``.
 Depends on ``rasa_hred.core.vocab`` only; nothing here imports Rasa or Sanic.
 """
 

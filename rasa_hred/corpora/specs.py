@@ -17,6 +17,15 @@ stories, such as ``nlu.yml`` or ``domain.yml``, are passed over and reported).
 
 - ``chitchat`` (or ``chitchat:FILE``): the Chit-Chat Challenge conversations of the installed
   ``chitchat-dataset`` package (or a file of that JSON form);
+- ``cornell:DIR`` (or a directory holding ``movie_lines.txt`` and ``movie_conversations.txt``):
+  the Cornell Movie-Dialogs Corpus;
+- ``dailydialog:FILE_OR_DIR`` (or ``dialogues_text.txt``, a directory holding it, or a ``.txt``
+  file whose first line has the word ``__eou__``): DailyDialog;
+- ``personachat:FILE`` (or a ``.txt`` file whose first line is ``1 your persona: ...``,
+  ``1 partner's persona: ...`` or ``text:...<TAB>labels:...``): PersonaChat/ConvAI2 in ParlAI
+  text form, persona lines kept out of the turns;
+- ``jsonl:FILE`` (or a ``.jsonl`` file): one dialogue per line, a JSON list of strings or of
+  ``{speaker, text}`` objects;
 - the formats of ``PATH_FORMATS`` (``prefix:PATH``; a bare path where its ``detect`` knows it);
 - the prefixes of the ``sources`` a caller passes to :func:`load_corpus` for data that is not
   a path this layer can read (the Rasa tracker store: ``tracker-store:ENDPOINTS_YML``).
@@ -51,7 +60,11 @@ from rasa_hred.corpora.chatterbot import (
     holds_conversations,
 )
 from rasa_hred.corpora.chitchat import chitchat_dialogues, chitchat_package_file
+from rasa_hred.corpora.cornell import cornell_dialogues, is_cornell
+from rasa_hred.corpora.dailydialog import dailydialog_dialogues, is_dailydialog
+from rasa_hred.corpora.jsonl import is_jsonl, jsonl_dialogues
 from rasa_hred.corpora.movietriples import is_movietriples, load_movietriples
+from rasa_hred.corpora.personachat import is_personachat, personachat_dialogues
 from rasa_hred.corpora.rasa_stories import holds_stories, rasa_dialogues
 from rasa_hred.corpora.text import TEXT_SUFFIXES, load_text
 
@@ -72,6 +85,10 @@ class PathFormat:
 
 PATH_FORMATS: dict[str, PathFormat] = {
     "chitchat": PathFormat(chitchat_dialogues, default=chitchat_package_file),
+    "cornell": PathFormat(cornell_dialogues, detect=is_cornell),
+    "dailydialog": PathFormat(dailydialog_dialogues, detect=is_dailydialog),
+    "personachat": PathFormat(personachat_dialogues, detect=is_personachat),
+    "jsonl": PathFormat(jsonl_dialogues, detect=is_jsonl),
 }
 
 FORMATS = ("movietriples", "text", "chatterbot", "rasa", *PATH_FORMATS)
