@@ -176,7 +176,7 @@ def test_dailydialog_malformed_lines(tmp_path):
     path.write_text("Hi . __eou__ Hello . __eou__\nHi . __eou__ Hello .\n", encoding="utf-8")
     _error(path, "dialogues_text.txt: line 2: a DailyDialog line ends with __eou__")
     path.write_bytes(b"Hi . __eou__ Hello . __eou__\n\nOl\xe1 . __eou__ Hi . __eou__\n")
-    _error(f"dailydialog:{path}", "dialogues_text.txt: line 3: not valid utf-8")
+    _error(f"dailydialog:{path}", "dialogues_text.txt: line 3: not valid UTF-8")
 
 
 # --- PersonaChat / ConvAI2 ----------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_jsonl_malformed_lines(tmp_path, line, message):
 def test_jsonl_invalid_utf8_names_the_line(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'["a", "b"]\n["\xff", "b"]\n')
-    _error(f"jsonl:{path}", "d.jsonl: line 2: not valid utf-8")
+    _error(f"jsonl:{path}", "d.jsonl: line 2: not valid UTF-8")
 
 
 # --- the CLI ------------------------------------------------------------------------------

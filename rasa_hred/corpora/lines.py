@@ -27,7 +27,8 @@ def numbered_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, s
             line = line_bytes.decode(encoding)
         except UnicodeDecodeError as error:
             raise CorpusError(
-                f"{path}: line {number}: not valid {encoding} (byte offset {offset + error.start})"
+                f"{path}: line {number}: not valid {encoding.upper()} "
+                f"(byte offset {offset + error.start})"
             ) from None
         offset += len(line_bytes) + 1
         if number == 1:
