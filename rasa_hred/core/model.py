@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rasa_hred.core.fields import check_known_keys
+from rasa_hred.core.recurrent import run_gru, use_stepwise_gru
 from rasa_hred.errors import UserError
 
 LossOn = Literal["all", "last"]
@@ -363,12 +364,16 @@ class HRED(nn.Module):
 
     def encode_utterances(self, utterances: Tensor, lengths: Tensor) -> Tensor:
         """[N, L] token ids -> [N, utterance_size]: the last layer's final state(s)."""
-        # Pack the ids first: padding is then never embedded, dropped out or run.
-        ids = pack_padded_sequence(
-            utterances, lengths.cpu(), batch_first=True, enforce_sorted=False
-        )
-        packed = ids._replace(data=self.dropout(self.embedding(ids.data)))
-        _, hidden = self.utterance_encoder(packed)  # [layers * directions, N, H]
+        if use_stepwise_gru(utterances):  # training on a CPU: see core/recurrent.py
+            embedded = self.dropout(self.embedding(utterances))
+            _, hidden = run_gru(self.utterance_encoder, embedded, lengths.cpu())
+        else:
+            # Pack the ids first: padding is then never embedded, dropped out or run.
+            ids = pack_padded_sequence(
+                utterances, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            packed = ids._replace(data=self.dropout(self.embedding(ids.data)))
+            _, hidden = self.utterance_encoder(packed)  # [layers * directions, N, H]
         if self.config.bidirectional:
             return torch.cat([hidden[-2], hidden[-1]], dim=-1)
         return hidden[-1]
@@ -464,7 +469,7 @@ class HRED(nn.Module):
     def teacher_forced_logits(self, inputs: Tensor, mask: Tensor, context: Tensor) -> Tensor:
         """Logits [K, V] at the K real target positions (``mask``, a prefix of each row) of
         [M, W] decoder ``inputs`` (``<s>`` and the words so far), row m decoded from
-        ``context[m]``. The decoder runs packed, so padded steps cost nothing."""
+        ``context[m]``. Padded steps are never run."""
         lengths = mask.sum(1).cpu()
         if not bool(lengths.all()):  # rows with nothing to predict cannot be packed
             rows = lengths.nonzero().squeeze(1)
@@ -475,10 +480,14 @@ class HRED(nn.Module):
         hidden = self.initial_decoder_state(context)
         embedded = self.dropout(self.embedding(inputs))
         steps = context.unsqueeze(1).expand(-1, inputs.size(1), -1)
-        packed = pack_padded_sequence(
-            self.decoder_input(embedded, steps), lengths, batch_first=True, enforce_sorted=False
-        )
-        decoder_out, _ = pad_packed_sequence(self.decoder(packed, hidden)[0], batch_first=True)
+        decoder_inputs = self.decoder_input(embedded, steps)
+        if use_stepwise_gru(decoder_inputs):  # training on a CPU: see core/recurrent.py
+            decoder_out, _ = run_gru(self.decoder, decoder_inputs, lengths, hidden)
+        else:
+            packed = pack_padded_sequence(
+                decoder_inputs, lengths, batch_first=True, enforce_sorted=False
+            )
+            decoder_out, _ = pad_packed_sequence(self.decoder(packed, hidden)[0], batch_first=True)
         return self.output_logits(decoder_out[mask], steps[mask], inputs[mask])
 
     def _decoded_utterances(self, batch: DialogueBatch, loss_on: LossOn) -> tuple[Tensor, Tensor]:
