@@ -16,6 +16,7 @@ from rasa_hred.core.checkpoint import load_model, resolve_device
 from rasa_hred.core.evaluation import context_turns, diversity, evaluate, progress_bar
 from rasa_hred.core.training import TrainingConfig, TrainingResult, train_model
 from rasa_hred.corpora import Corpus, Dialogue, load_corpus
+from rasa_hred.corpora.specs import SourceLoader
 from rasa_hred.serving.generator import ResponseGenerator
 
 GENERATION_BATCH = 64  # contexts per generate() call when measuring diversity
@@ -27,11 +28,12 @@ def train_on_corpus(
     *,
     extra_dialogues: Sequence[Sequence[str]] = (),
     resume: bool = False,
+    sources: Mapping[str, SourceLoader] | None = None,
 ) -> TrainingResult:
     """Load ``config.corpus`` (split with ``config.split_seed``), add ``extra_dialogues`` to
     its training split, train, and leave a model directory in ``config.out``. A MovieTriples
     corpus brings its own vocabulary; otherwise one is built from the training split."""
-    corpus = load_corpus(config.corpus, seed=config.split_seed)
+    corpus = load_corpus(config.corpus, seed=config.split_seed, sources=sources)
     extra = {"corpus": {"specs": list(config.corpus), "skipped": corpus.skipped}}
     return train_model(
         config,
@@ -55,6 +57,7 @@ def evaluate_on_corpus(
     max_turns: int | None = None,
     decoding: Mapping[str, Any] | None = None,
     progress: bool = False,
+    sources: Mapping[str, SourceLoader] | None = None,
 ) -> dict[str, Any]:
     """The figures of ``rasa-hred eval``: perplexities, error rate, the shuffled-context
     control and the history ablation of a model directory on one split of ``specs`` (``all``:
@@ -68,7 +71,7 @@ def evaluate_on_corpus(
     loaded = load_model(model_dir, resolve_device(device))
     training = loaded.extra.get("training", {})
     split_seed = seed if seed is not None else training.get("split_seed", 0)
-    dialogues = split_of(load_corpus(specs, seed=split_seed), split)
+    dialogues = split_of(load_corpus(specs, seed=split_seed, sources=sources), split)
     window = training.get("max_turns", TrainingConfig.max_turns)
     encoded = encode_dialogues(
         dialogues,

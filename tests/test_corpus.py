@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rasa_hred.cli import build_parser
 from rasa_hred.cli.corpus import stats_command
 from rasa_hred.core.vocab import PAD, Vocabulary
 from rasa_hred.corpora import (
@@ -505,7 +505,7 @@ def test_corpus_stats_with_own_vocabulary(movietriples):
 def test_stats_command(tmp_path, capsys):
     path = _text_file(tmp_path / "d.txt", 20)
     (tmp_path / "d.txt").open("a", encoding="utf-8").write("lonely\n")
-    args = argparse.Namespace(specs=[str(path)], seed=0, vocab_size=100, json=False)
+    args = build_parser().parse_args(["corpus", "stats", str(path), "--vocab-size", "100"])
     assert stats_command(args) == 0
     out = capsys.readouterr().out
     assert "train" in out and "validation" in out and "test" in out

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 
+from rasa_hred.cli.common import TRACKER_STORE, add_corpus_source_options, corpus_sources
 from rasa_hred.errors import UserError
 
 
@@ -23,7 +25,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
             "vocabulary coverage and utterance-length percentiles. A spec is a path "
             "(MovieTriples directory, Serban text file, chatterbot YAML, Rasa stories YAML) "
             "optionally prefixed with its format (movietriples:, text:, chatterbot:, rasa:), "
-            "or chatterbot:english for the bundled chatterbot-corpus."
+            "chatterbot:english for the bundled chatterbot-corpus, or "
+            f"{TRACKER_STORE}:ENDPOINTS_YML for your bot's conversations (with the sessions "
+            "read, kept and skipped by reason)."
         ),
     )
     stats.add_argument("specs", nargs="+", metavar="SPEC", help="corpus spec(s), combined")
@@ -32,6 +36,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--vocab-size", type=int, default=10000, help="vocabulary size used for coverage figures"
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+    add_corpus_source_options(stats)
     stats.set_defaults(handler=stats_command)
 
 
@@ -41,9 +46,20 @@ def stats_command(args: argparse.Namespace) -> int:
 
     if args.vocab_size < 0:  # before loading: a corpus can take a while
         raise UserError(f"--vocab-size must be >= 0, got {args.vocab_size}")
-    stats = corpus_stats(load_corpus(args.specs, seed=args.seed), vocab_size=args.vocab_size)
+    sources = corpus_sources(args)
+    corpus = load_corpus(args.specs, seed=args.seed, sources=sources)
+    stats = corpus_stats(corpus, vocab_size=args.vocab_size)
+    reports = sources[TRACKER_STORE].reports
+    if reports:
+        stats["tracker_stores"] = [asdict(report) for report in reports]
     if args.json:
         print(json.dumps(stats, indent=2, ensure_ascii=False))
-    else:
-        print(format_stats(stats))
+        return 0
+    print(format_stats(stats))
+    for report in reports:  # what it skipped is among the skipped above
+        print(
+            f"\ntracker store {report.endpoints} ({report.store}): "
+            f"{report.conversations} conversations, {report.sessions} sessions read, "
+            f"{report.kept} kept"
+        )
     return 0

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rasa_hred.cli.common import add_corpus_source_options, corpus_sources
 from rasa_hred.errors import UserError
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar [on]"
     )
+    add_corpus_source_options(train)
     train.set_defaults(handler=train_command)
 
     evaluate = commands.add_parser(
@@ -122,6 +124,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar"
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    add_corpus_source_options(evaluate)
     evaluate.set_defaults(handler=eval_command)
 
 
@@ -141,7 +144,7 @@ def train_command(args: argparse.Namespace) -> int:
             f"{out} already holds a training run; pass --resume to continue it or choose "
             "another --out"
         )
-    result = train_on_corpus(config, resume=args.resume)
+    result = train_on_corpus(config, resume=args.resume, sources=corpus_sources(args))
     if rank_is_main():
         summary = {
             "out": str(result.out),
@@ -216,6 +219,7 @@ def eval_command(args: argparse.Namespace) -> int:
         max_turns=args.max_turns,
         decoding=decoding,
         progress=args.progress,
+        sources=corpus_sources(args),
     )
     print(json.dumps(result) if args.json else format_evaluation(result))
     return 0

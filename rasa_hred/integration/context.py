@@ -3,7 +3,9 @@
 The policy (from a live ``DialogueStateTracker``) and the NLG server (from the tracker JSON
 that Rasa posts) must see the same context for the same conversation, so both use these pure
 functions. Events may be Rasa ``Event`` objects or event dicts as in the tracker JSON
-(``tracker.current_state(EventVerbosity.ALL)["events"]``); both give the same result.
+(``tracker.current_state(EventVerbosity.ALL)["events"]``); both give the same result. A corpus
+of past conversations (``integration.tracker_corpus``) cuts each one with ``split_sessions``
+and reads every part with ``dialogue_context``, so it trains on what the policy would see.
 
 Rules:
 
@@ -62,7 +64,7 @@ from rasa.shared.core.events import (
 if TYPE_CHECKING:
     from rasa.shared.core.trackers import DialogueStateTracker
 
-__all__ = ["INTENT_PREFIX", "dialogue_context", "tracker_context"]
+__all__ = ["INTENT_PREFIX", "dialogue_context", "split_sessions", "tracker_context"]
 
 #: A user text starting with this is an intent trigger / button payload (Rasa's syntax).
 INTENT_PREFIX = "/"
@@ -179,6 +181,23 @@ def dialogue_context(
             else:
                 turns.append((kind, [text]))
     return [" ".join(reversed(texts)) for _, texts in reversed(turns)]
+
+
+def split_sessions(
+    events: Iterable[Event | Mapping[str, Any]],
+) -> list[list[Event | Mapping[str, Any]]]:
+    """A whole conversation cut where its context starts afresh (``session_started``,
+    ``restart``: the events that end ``dialogue_context``'s reading), oldest first and without
+    those events; ``dialogue_context`` of each part is that session's context. Parts may be
+    empty or hold no text (the ``action_session_start`` before ``session_started``)."""
+    parts: list[list[Event | Mapping[str, Any]]] = [[]]
+    for event in events:
+        classified = _classify(event)
+        if classified is not None and classified[0] == _RESET:
+            parts.append([])
+        else:
+            parts[-1].append(event)
+    return parts
 
 
 def tracker_context(tracker: DialogueStateTracker, *, max_turns: int | None = None) -> list[str]:
