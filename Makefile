@@ -26,9 +26,11 @@ help:
 	@echo "make test-fast - the unit tests only (no Rasa training, no rasa run): the quick loop"
 	@echo "make lint   - ruff (lint and format check) and mypy"
 	@echo "make shell  - chat with the trained assistant in the terminal (rasa shell)"
+	@echo "make samples - replay docs/sample_scripts.yml through $(MODEL) into README.md's Sample conversations"
 	@echo "make train  - (re)train the demo assistant, HRED included, into $(MODEL)"
 	@echo "make serve  - the HRED NLG server for the demo model on 127.0.0.1:$(NLG_PORT)"
 	@echo "make run-nlg - the demo assistant with generation in the NLG server (both processes)"
+	@echo "make run-scaled - Redis, the NLG server and two rasa run replicas on $(PORT) and $(PORT)+1"
 	@echo "make venv   - create/update the virtualenv in $(VENV)"
 
 venv: $(STAMP)
@@ -76,6 +78,16 @@ shell: $(MODEL)
 
 clean:
 	rm -rf $(VENV) .pytest_cache models/ .rasa
+
+# --- Sample conversations ------------------------------------------------------------------
+# `make samples`: replay the scripted conversations through the demo model (in this process,
+# through Rasa's Agent) and write the transcripts between README.md's samples markers.
+SAMPLE_SCRIPTS := docs/sample_scripts.yml
+
+.PHONY: samples
+
+samples: $(MODEL) $(SAMPLE_SCRIPTS)
+	$(BIN)/rasa-hred converse --script $(SAMPLE_SCRIPTS) --model $(MODEL) --readme README.md
 
 # --- NLG server ----------------------------------------------------------------------------
 # `make serve`: the NLG server for the demo archive on 127.0.0.1:$(NLG_PORT) (HRED, domain and

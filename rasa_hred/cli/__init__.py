@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from rasa_hred import __version__
-from rasa_hred.cli import bench, corpus, generate, serve, train
+from rasa_hred.cli import bench, converse, corpus, generate, serve, train
 from rasa_hred.errors import UserError
 
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (corpus, train, generate, serve, bench):
+    for group in (corpus, train, generate, converse, serve, bench):
         group.add_commands(commands)
     return parser
 
