@@ -13,6 +13,8 @@ from rasa_hred.core.batching import encode_dialogues
 from rasa_hred.core.checkpoint import load_model
 from rasa_hred.core.evaluation import perplexity, score
 from rasa_hred.core.precision import cpu_has_bf16_units, resolve_dtype
+from rasa_hred.core.training import TrainingConfig
+from rasa_hred.core.training import autocast as training_autocast
 from rasa_hred.corpora import load_corpus
 from rasa_hred.errors import UserError
 from rasa_hred.serving.generator import ResponseGenerator
@@ -106,3 +108,19 @@ def test_the_policy_takes_dtype_and_threads_options(tiny_hred):
     for bad in ({"dtype": "fp8"}, {"threads": 0}, {"threads": "two"}):
         with pytest.raises(HREDPolicyError, match=r"dtype|threads"):
             validate_policy_config(with_defaults({"model": str(tiny_hred), **bad}))
+
+
+@pytest.mark.parametrize(
+    ("cpu_bf16", "expected"), [(True, True), (False, False), ("auto", cpu_has_bf16_units())]
+)
+def test_training_autocast_on_the_cpu_follows_cpu_bf16(
+    cpu_bf16: bool | str, expected: bool
+) -> None:
+    config = TrainingConfig.from_dict({"cpu_bf16": cpu_bf16})
+    with training_autocast(torch.device("cpu"), cpu_bf16=config.cpu_bf16):
+        assert torch.is_autocast_cpu_enabled() is expected
+
+
+def test_training_refuses_other_cpu_bf16_values() -> None:
+    with pytest.raises(UserError, match="cpu_bf16 must be true, false or auto, not 'sometimes'"):
+        TrainingConfig.from_dict({"cpu_bf16": "sometimes"})

@@ -45,6 +45,7 @@ from rasa_hred.core.checkpoint import (
 from rasa_hred.core.evaluation import perplexity, score
 from rasa_hred.core.fields import check_known_keys
 from rasa_hred.core.model import HRED, HREDConfig
+from rasa_hred.core.precision import cpu_has_bf16_units
 from rasa_hred.core.vocab import Vocabulary
 from rasa_hred.errors import UserError
 
@@ -92,7 +93,9 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = True  # autocast to bfloat16 on CUDA
-    cpu_bf16: bool = False  # autocast to bfloat16 on the CPU too (fast on AVX512-BF16/AMX)
+    # bfloat16 autocast on the CPU too: true, false, or "auto" (where the CPU has bf16 units,
+    # AMX-BF16 or AVX512-BF16; elsewhere bf16 is emulated and slower than float32)
+    cpu_bf16: bool | str = False
     threads: int | None = None
     progress: bool = True
 
@@ -105,6 +108,8 @@ class TrainingConfig:
         given as a string."""
         check_known_keys(cls, values, what, UserError)
         options = dict(values)
+        if options.get("cpu_bf16", False) not in (True, False, "auto"):
+            raise UserError(f"cpu_bf16 must be true, false or auto, not {options['cpu_bf16']!r}")
         if isinstance(options.get("corpus"), str):
             options["corpus"] = [options["corpus"]]
         return cls(**options)
@@ -410,10 +415,11 @@ class Trainer:
 
 
 def autocast(
-    device: torch.device, bf16: bool = True, cpu_bf16: bool = False
+    device: torch.device, bf16: bool = True, cpu_bf16: bool | str = False
 ) -> contextlib.AbstractContextManager:
     """bfloat16 autocast where asked for; the loss is always computed in float32."""
-    if (device.type == "cuda" and bf16) or (device.type == "cpu" and cpu_bf16):
+    on_cpu = cpu_bf16 is True or (cpu_bf16 == "auto" and cpu_has_bf16_units())
+    if (device.type == "cuda" and bf16) or (device.type == "cpu" and on_cpu):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
