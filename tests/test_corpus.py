@@ -524,3 +524,14 @@ def test_vocabulary_from_corpus_train():
     corpus = Corpus(train=[["a b", "b c"]], validation=[], test=[])
     vocab = Vocabulary.build(u.split() for d in corpus.train for u in d)
     assert vocab.tokens[7:] == ["b", "a", "c"]
+
+
+def test_a_specs_split_does_not_depend_on_the_specs_it_is_combined_with(tmp_path):
+    first = _text_file(tmp_path / "first.txt", 40)
+    second = tmp_path / "second.txt"
+    second.write_text("".join(f"hello {n}\tworld {n}\n" for n in "abcdefghijklmnopqrst"))
+    alone = [load_corpus(str(path), seed=3) for path in (first, second)]
+    combined = load_corpus([str(first), str(second)], seed=3)
+    for split in ("train", "validation", "test"):
+        assert combined.split(split) == alone[0].split(split) + alone[1].split(split)
+    assert combined.test and alone[1].test

@@ -117,9 +117,12 @@ def load_corpus(
     ``sources`` maps further spec prefixes to their loaders (layers above this one pass what
     they can read, e.g. a Rasa tracker store).
 
-    Sources with their own splits (MovieTriples) keep them; all other dialogues are pooled, in
-    spec order, and split by :func:`split_dialogues` with ``seed``. When a MovieTriples source
-    is present its dictionary becomes :attr:`Corpus.vocabulary`.
+    Sources with their own splits (MovieTriples) keep them; every other spec's dialogues are
+    split on their own by :func:`split_dialogues` with ``seed``, so a dialogue's split does
+    not depend on the specs it is combined with (``eval --corpus chitchat`` scores the
+    chitchat part of the test split of a model trained on ``chitchat chatterbot:english``).
+    Splits hold the specs' dialogues in spec order. When a MovieTriples source is present its
+    dictionary becomes :attr:`Corpus.vocabulary`.
     """
     if isinstance(specs, (str, Path)):
         specs = [str(specs)]
@@ -128,17 +131,17 @@ def load_corpus(
         raise CorpusError("no corpus spec given")
     check_fractions(fractions)
     collector = DialogueCollector(map_numbers)
-    own: dict[str, list[Dialogue]] = {name: [] for name in SPLIT_NAMES}
-    pooled: list[Dialogue] = []
+    splits: dict[str, list[Dialogue]] = {name: [] for name in SPLIT_NAMES}
     vocabulary: Vocabulary | None = None
     descriptions: list[str] = []
     for spec in specs:
         source = _load_spec(spec, collector, sources or {})
         descriptions.append(source.description)
-        if source.splits is not None:
-            for name in SPLIT_NAMES:
-                own[name] += source.splits[name]
-        pooled += source.dialogues
+        own = source.splits or dict(
+            zip(SPLIT_NAMES, split_dialogues(source.dialogues, seed=seed, fractions=fractions))
+        )
+        for name in SPLIT_NAMES:
+            splits[name] += own[name]
         if source.vocabulary is not None:
             if vocabulary is not None and vocabulary != source.vocabulary:
                 raise CorpusError(
@@ -146,11 +149,10 @@ def load_corpus(
                     "an earlier spec; combine MovieTriples corpora that share one dictionary"
                 )
             vocabulary = source.vocabulary
-    train, validation, test = split_dialogues(pooled, seed=seed, fractions=fractions)
     corpus = Corpus(
-        train=own["train"] + train,
-        validation=own["validation"] + validation,
-        test=own["test"] + test,
+        train=splits["train"],
+        validation=splits["validation"],
+        test=splits["test"],
         vocabulary=vocabulary,
         skipped=dict(collector.skipped),
         sources=descriptions,
