@@ -7,6 +7,7 @@ generated replies also needs the serving layer's generator.)
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,13 +128,13 @@ def generated_diversity(
     decoding: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Generate a reply for the context of up to ``count`` dialogues (each without its last
-    utterance, at most ``max_turns`` turns of it: by default as in training) and measure the
-    replies' diversity. The decoding is what serving uses: the model directory's
-    (``config.json`` "decoding", else the defaults) with ``decoding`` on top; it is reported
-    as ``decoding``."""
+    """Generate replies for ``count`` contexts (see :func:`reply_contexts`; at most
+    ``max_turns`` turns of each: by default as in training) and measure the replies'
+    diversity. The decoding is what serving uses: the model directory's (``config.json``
+    "decoding", else the defaults) with ``decoding`` on top; it is reported as
+    ``decoding``."""
     generator = ResponseGenerator.load(model_dir, device=device, max_turns=max_turns)
-    contexts = [list(d[:-1]) for d in dialogues[:count]]
+    contexts = reply_contexts(dialogues, count)
     tokens: list[list[str]] = []
     bar = progress_bar(len(contexts), "replies", "reply", progress)
     try:
@@ -147,3 +148,13 @@ def generated_diversity(
         bar.close()
         generator.close()
     return {**diversity(tokens), "decoding": generator.decoding.to_dict()}
+
+
+def reply_contexts(dialogues: Sequence[Sequence[str]], count: int) -> list[list[str]]:
+    """Up to ``count`` contexts to reply to: each dialogue's utterances before one of its turns
+    after the first, a seeded sample of all of them. A split of long conversations has many
+    more contexts than dialogues (the chitchat test split: 173 dialogues, 6.8k turns)."""
+    contexts = [list(d[:turn]) for d in dialogues for turn in range(1, len(d))]
+    if len(contexts) <= count:
+        return contexts
+    return random.Random(0).sample(contexts, count)

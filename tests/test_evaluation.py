@@ -15,7 +15,7 @@ from rasa_hred.core.evaluation import context_turns, cut_context, diversity, rep
 from rasa_hred.core.training import TrainingConfig
 from rasa_hred.corpora import load_corpus
 from rasa_hred.errors import UserError
-from rasa_hred.jobs import evaluate_on_corpus, train_on_corpus
+from rasa_hred.jobs import evaluate_on_corpus, reply_contexts, train_on_corpus
 from rasa_hred.serving.generator import ResponseGenerator
 
 CLI = Path(sys.executable).parent / "rasa-hred"
@@ -220,3 +220,11 @@ def test_bad_decoding_options_fail_before_scoring(model_dir, corpus_file, capsys
     assert status == 2 and "beam_sise" in err
     status, _, err = run_eval(capsys, *args, "--replies", "2", "--decoding", "[3]")
     assert status == 2 and "JSON object" in err
+
+
+def test_reply_contexts_come_from_every_turn_and_are_a_fixed_sample():
+    dialogues = [["a", "b", "c"], ["d", "e"]]
+    assert reply_contexts(dialogues, 10) == [["a"], ["a", "b"], ["d"]]
+    sample = reply_contexts([[str(i) for i in range(40)]], 5)
+    assert len(sample) == 5 and len({len(c) for c in sample}) == 5
+    assert sample == reply_contexts([[str(i) for i in range(40)]], 5)
