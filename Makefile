@@ -18,7 +18,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PYTHON ?= $(shell command -v python3.10 >/dev/null 2>&1 && python3.10 -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && echo python3.10 || \
 	(command -v pyenv >/dev/null 2>&1 && v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.10\.[0-9]+$$' | tail -n1) && [ -n "$$v" ] && echo "$$(pyenv root)/versions/$$v/bin/python3.10"))
 
-.PHONY: help venv test test-fast lint run shell train clean
+.PHONY: help venv test test-fast lint run shell train train-strong clean
 
 help:
 	@echo "make run    - train the demo assistant if needed and start it (rasa run, REST on $(HOST):$(PORT))"
@@ -28,6 +28,7 @@ help:
 	@echo "make shell  - chat with the trained assistant in the terminal (rasa shell)"
 	@echo "make samples - replay docs/sample_scripts.yml through $(MODEL) into README.md's Sample conversations"
 	@echo "make train  - (re)train the demo assistant, HRED included, into $(MODEL)"
+	@echo "make train-strong - a larger HRED on the demo's corpora (hours on 2 cores) into models/hred-strong"
 	@echo "make serve  - the HRED NLG server for the demo model on 127.0.0.1:$(NLG_PORT)"
 	@echo "make run-nlg - the demo assistant with generation in the NLG server (both processes)"
 	@echo "make run-scaled - Redis, the NLG server and two rasa run replicas on $(PORT) and $(PORT)+1"
@@ -68,6 +69,12 @@ $(MODEL): $(STAMP) $(TRAINING_DATA)
 	$(BIN)/rasa train --fixed-model-name demo --out models
 
 train: $(MODEL)
+
+# A larger HRED on the demo's corpora, for users who can wait (configs/demo-strong.yaml says
+# how to use it). Ctrl-C stops after the current batch; `make train-strong` again resumes.
+train-strong: $(STAMP)
+	$(BIN)/rasa-hred train --config configs/demo-strong.yaml \
+		$$([ -f models/hred-strong/checkpoint-last/training_state.pt ] && echo --resume)
 
 run: $(MODEL)
 	$(BIN)/rasa run -m $(MODEL) -i $(HOST) -p $(PORT) --enable-api --cors "*" \
