@@ -230,6 +230,19 @@ def test_batched_equals_one_at_a_time(model, vocab):
     assert len({tuple(h[0].tokens) for h in batched}) > 4  # contexts matter
 
 
+def test_seeded_sampling_gives_a_context_the_same_replies_in_any_batch(model, vocab):
+    """The NLG server batches conversations: with a seed, what is decoded beside a context
+    (and which rows end first) must not change its replies."""
+    contexts = make_contexts(vocab, 12, seed=8)
+    config = DecodingConfig(method="sample", n_best=3, top_p=0.9, seed=11)
+    batched = decode(model, contexts, config, vocabulary=vocab)
+    for context, hyps in zip(contexts, batched):
+        assert_same(hyps, decode(model, [context], config, vocabulary=vocab)[0])
+    assert len({tuple(h.tokens) for hyps in batched for h in hyps}) > 12  # still random
+    reseeded = decode(model, contexts, config.replace(seed=12), vocabulary=vocab)
+    assert [h[0].tokens for h in reseeded] != [h[0].tokens for h in batched]
+
+
 def test_chunked_decoding_equals_one_batch(model, vocab, monkeypatch):
     import rasa_hred.core.decoding as decoding
 

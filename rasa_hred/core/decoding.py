@@ -418,10 +418,12 @@ def _greedy_or_sample(
     config: DecodingConfig,
     masker: _Masker,
     samples: int,
-    generator: torch.Generator | None,
 ) -> list[list[Hypothesis]]:
     """Greedy decoding (the argmax path) for ``method="greedy"``; otherwise ``samples``
-    independent samples per context, drawn with ``generator`` (None: torch's global RNG)."""
+    independent samples per context, from torch's global RNG, or with ``config.seed`` from
+    one generator per row seeded with it (plus the sample's number): a context then gets
+    the same replies in any batch, whatever else is decoded beside it (the NLG server
+    batches conversations)."""
     c = model.config
     device = context.device
     num_items = context.size(0)
@@ -435,6 +437,12 @@ def _greedy_or_sample(
     totals = torch.zeros(rows_total, device=device)
     history = torch.empty(rows_total, 0, dtype=torch.long, device=device)
     history_lps = torch.empty(rows_total, 0, device=device)
+    generators: list[torch.Generator] | None = None
+    if not greedy and config.seed is not None:
+        generators = [
+            torch.Generator(device=device).manual_seed(config.seed + row % samples)
+            for row in range(rows_total)
+        ]
     pool = _Pool(config)
     lp = config.length_normaliser
     max_length = masker.max_length
@@ -446,7 +454,7 @@ def _greedy_or_sample(
             tokens = log_probs.argmax(dim=1)
         else:
             tokens = sample_tokens(
-                log_probs, config.temperature, config.top_k, config.top_p, generator
+                log_probs, config.temperature, config.top_k, config.top_p, generators
             )
         chosen = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1)
         stuck = chosen == _NEG_INF  # nothing allowed at all (tiny vocabularies): stop here
@@ -474,6 +482,8 @@ def _greedy_or_sample(
                 break
             items, totals = items[kept], totals[kept]
             history, history_lps, previous = history[kept], history_lps[kept], previous[kept]
+            if generators is not None:
+                generators = [generators[row] for row in kept.tolist()]
             hidden = hidden.index_select(1, kept)
             decoder.select(kept)
     return pool.best(num_items, samples)
@@ -504,15 +514,18 @@ def sample_tokens(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
-    """One token per row drawn from the warped distribution ([R, V] -> [R])."""
+    """One token per row drawn from the warped distribution ([R, V] -> [R]), with one
+    ``generator`` for all rows or one per row."""
     warped = warp_log_probs(log_probs, temperature, top_k, top_p)
     dead = torch.isinf(warped).all(dim=-1)
     if bool(dead.any()):  # caller replaces these by </s>
         warped[dead, 0] = 0.0
     probs = warped.float().softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator)])
 
 
 # --- MMI-antiLM -----------------------------------------------------------------------------
@@ -572,9 +585,6 @@ def decode(
     c = model.config
     banned = config.banned_ids(vocabulary, c.bos_id, c.pad_id)
     device = model.embedding.weight.device
-    generator = None
-    if config.method == "sample" and config.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(config.seed)
     masker = _Masker(config, banned, c.eos_id, device)
     keep = config.num_candidates
     width = config.beam_size if config.method == "beam" else keep
@@ -588,7 +598,7 @@ def decode(
             if config.method == "beam":
                 found = _beam_search(model, vectors, config, masker, keep)
             else:
-                found = _greedy_or_sample(model, vectors, config, masker, keep, generator)
+                found = _greedy_or_sample(model, vectors, config, masker, keep)
             if config.mmi_lambda > 0:
                 found = _apply_mmi(model, found, config)
             results.extend(hyps[: config.n_best] for hyps in found)
