@@ -18,6 +18,7 @@ from rasa_hred.core.decoding import (
     DecodingError,
     Hypothesis,
     block_repeated_ngrams,
+    context_seed,
     decode,
     lm_log_probs,
     mmi_rerank,
@@ -241,6 +242,20 @@ def test_seeded_sampling_gives_a_context_the_same_replies_in_any_batch(model, vo
     assert len({tuple(h.tokens) for hyps in batched for h in hyps}) > 12  # still random
     reseeded = decode(model, contexts, config.replace(seed=12), vocabulary=vocab)
     assert [h[0].tokens for h in reseeded] != [h[0].tokens for h in batched]
+
+
+def test_each_context_draws_its_own_random_numbers(vocab):
+    """One seed for every context would give each one-context call (the policy's) the same
+    draws: nearly the same reply to everything (here, with a model whose context barely
+    matters, 2 distinct replies to 12 contexts)."""
+    model = make_model(vocab, context_gain=0.3)
+    contexts = make_contexts(vocab, 12, seed=9)
+    assert context_seed(0, contexts[0]) == context_seed(0, [list(u) for u in contexts[0]])
+    assert len({context_seed(0, context) for context in contexts}) == 12
+    assert context_seed(1, contexts[0]) != context_seed(0, contexts[0])
+    config = DecodingConfig(method="sample", top_p=0.9, seed=0)
+    alone = [decode(model, [context], config, vocabulary=vocab)[0][0] for context in contexts]
+    assert len({tuple(h.tokens) for h in alone}) >= 10
 
 
 def test_chunked_decoding_equals_one_batch(model, vocab, monkeypatch):

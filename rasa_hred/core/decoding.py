@@ -39,6 +39,7 @@ search. Batches above ``MAX_ROWS`` rows (``MAX_ROWS_CPU`` on a CPU) are decoded 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -418,12 +419,13 @@ def _greedy_or_sample(
     config: DecodingConfig,
     masker: _Masker,
     samples: int,
+    seeds: list[int] | None = None,
 ) -> list[list[Hypothesis]]:
     """Greedy decoding (the argmax path) for ``method="greedy"``; otherwise ``samples``
-    independent samples per context, from torch's global RNG, or with ``config.seed`` from
-    one generator per row seeded with it (plus the sample's number): a context then gets
-    the same replies in any batch, whatever else is decoded beside it (the NLG server
-    batches conversations)."""
+    independent samples per context, from torch's global RNG, or, given each context's
+    ``seeds`` (:func:`context_seed`), from one generator per row seeded with its context's
+    seed plus the sample's number: a context then gets the same replies in any batch,
+    whatever else is decoded beside it (the NLG server batches conversations)."""
     c = model.config
     device = context.device
     num_items = context.size(0)
@@ -438,9 +440,9 @@ def _greedy_or_sample(
     history = torch.empty(rows_total, 0, dtype=torch.long, device=device)
     history_lps = torch.empty(rows_total, 0, device=device)
     generators: list[torch.Generator] | None = None
-    if not greedy and config.seed is not None:
+    if not greedy and seeds is not None:
         generators = [
-            torch.Generator(device=device).manual_seed(config.seed + row % samples)
+            torch.Generator(device=device).manual_seed(seeds[row // samples] + row % samples)
             for row in range(rows_total)
         ]
     pool = _Pool(config)
@@ -487,6 +489,15 @@ def _greedy_or_sample(
             hidden = hidden.index_select(1, kept)
             decoder.select(kept)
     return pool.best(num_items, samples)
+
+
+def context_seed(seed: int, context: Sequence[Sequence[int]]) -> int:
+    """The sampling seed of one context: ``seed`` and the context's token ids hashed together.
+    The same conversation gets the same reply; different ones get different random draws
+    (one seed for every context would draw the same numbers for all, and nearly the same
+    reply to everything)."""
+    key = repr((seed, [list(utterance) for utterance in context])).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=7).digest(), "little")
 
 
 def warp_log_probs(
@@ -598,7 +609,10 @@ def decode(
             if config.method == "beam":
                 found = _beam_search(model, vectors, config, masker, keep)
             else:
-                found = _greedy_or_sample(model, vectors, config, masker, keep)
+                seeds = None
+                if config.seed is not None:
+                    seeds = [context_seed(config.seed, context) for context in part]
+                found = _greedy_or_sample(model, vectors, config, masker, keep, seeds)
             if config.mmi_lambda > 0:
                 found = _apply_mmi(model, found, config)
             results.extend(hyps[: config.n_best] for hyps in found)
