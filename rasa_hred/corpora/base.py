@@ -14,6 +14,7 @@ file (YAML aliases, shared pickle records, a pickle memo index) is refused.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import math
 import os
@@ -103,6 +104,17 @@ class DialogueCollector:
             self.skip(f"{source}: {what} with fewer than 2 utterances")
             return None
         return cleaned
+
+
+def package_directory(module: str, distribution: str) -> Path:
+    """The directory of an installed data package (``chatterbot_corpus``, ``chitchat_dataset``):
+    its data is read where pip put it, never copied."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError(
+            f"the {distribution} package is not installed (pip install {distribution})"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 # --- reading files ------------------------------------------------------------------------

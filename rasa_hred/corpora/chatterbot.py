@@ -11,6 +11,7 @@ from rasa_hred.corpora.base import (
     CorpusError,
     Dialogue,
     DialogueCollector,
+    package_directory,
     scalar_text,
     yaml_files,
 )
@@ -38,14 +39,7 @@ def chatterbot_language_files(language: str, spec: str) -> tuple[Path, list[Path
 
 
 def _package_data_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("chatterbot_corpus")
-    if spec is None or not spec.submodule_search_locations:
-        raise CorpusError(
-            "the chatterbot-corpus package is not installed (pip install chatterbot-corpus)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+    return package_directory("chatterbot_corpus", "chatterbot-corpus") / "data"
 
 
 def chatterbot_dialogues(data: Any, path: Path, collector: DialogueCollector) -> list[Dialogue]:

@@ -14,7 +14,6 @@ conversations this keeps 3,462 (``rasa-hred corpus stats chitchat``).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from rasa_hred.corpora.base import (
     Dialogue,
     DialogueCollector,
     merge_turns,
+    package_directory,
     read_bytes,
     shown,
 )
@@ -34,12 +34,7 @@ MIN_TURNS = 3
 
 def chitchat_package_file() -> Path:
     """``dataset.json`` of the installed ``chitchat-dataset`` package."""
-    spec = importlib.util.find_spec("chitchat_dataset")
-    if spec is None or not spec.submodule_search_locations:
-        raise CorpusError(
-            "the chitchat-dataset package is not installed (pip install chitchat-dataset)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "dataset.json"
+    return package_directory("chitchat_dataset", "chitchat-dataset") / "dataset.json"
 
 
 def chitchat_dialogues(path: Path, collector: DialogueCollector) -> list[Dialogue]:
