@@ -31,7 +31,7 @@ import redis
 from rasa.core.lock_store import DEFAULT_REDIS_LOCK_STORE_KEY_PREFIX as LOCK_KEY_PREFIX
 from support import BIN, RASA_ENV
 from support.redis import running_redis
-from support.servers import free_port
+from support.servers import free_port, stop_process
 
 from rasa_hred.integration.archive import extract_policy_model
 from rasa_hred.integration.context import dialogue_context
@@ -131,12 +131,8 @@ def rasa_replicas(
     finally:
         for replica in replicas:
             replica.process.terminate()
-        for replica in replicas:
-            try:
-                replica.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                replica.process.kill()
-                replica.process.wait(timeout=30)
+        for replica in replicas:  # both told to stop first, then each waited for
+            stop_process(replica.process, timeout=30)
         for log in logs:
             log.close()
 

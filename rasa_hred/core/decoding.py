@@ -440,7 +440,7 @@ def _greedy_or_sample(
     history = torch.empty(rows_total, 0, dtype=torch.long, device=device)
     history_lps = torch.empty(rows_total, 0, device=device)
     generators: list[torch.Generator] | None = None
-    if not greedy and seeds is not None:
+    if seeds is not None:
         generators = [
             torch.Generator(device=device).manual_seed(seeds[row // samples] + row % samples)
             for row in range(rows_total)
@@ -610,7 +610,7 @@ def decode(
                 found = _beam_search(model, vectors, config, masker, keep)
             else:
                 seeds = None
-                if config.seed is not None:
+                if config.method == "sample" and config.seed is not None:
                     seeds = [context_seed(config.seed, context) for context in part]
                 found = _greedy_or_sample(model, vectors, config, masker, keep, seeds)
             if config.mmi_lambda > 0:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from support.servers import free_port
+from support.servers import free_port, stop_process
 
 
 def redis_executable() -> Path:
@@ -51,9 +51,4 @@ def running_redis(workdir: Path, startup_timeout: float = 30) -> Iterator[int]:
         yield port
     finally:
         client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, timeout=10)

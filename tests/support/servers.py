@@ -50,6 +50,16 @@ async def running(app: Any) -> AsyncIterator[str]:
 
 
 @contextlib.contextmanager
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if ``process`` is still there after ``timeout`` seconds; reaped."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def rasa_server(model: Path, cwd: Path, *extra: str, startup_timeout: float = 180) -> Iterator[str]:
     """`rasa run` on a free loopback port; yields its base URL and stops it afterwards.
     Its log is ``cwd/rasa-<port>.log``."""
@@ -78,9 +88,5 @@ def rasa_server(model: Path, cwd: Path, *extra: str, startup_timeout: float = 18
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout=30)
         log.close()
