@@ -16,12 +16,11 @@ from rasa_hred.core.batching import encode_dialogues
 from rasa_hred.core.checkpoint import load_model, resolve_device
 from rasa_hred.core.evaluation import context_turns, diversity, evaluate, progress_bar
 from rasa_hred.core.training import TrainingConfig, TrainingResult, train_model
-from rasa_hred.corpora import Corpus, Dialogue, load_corpus
+from rasa_hred.corpora import load_corpus
 from rasa_hred.corpora.specs import SourceLoader
 from rasa_hred.serving.generator import ResponseGenerator
 
 GENERATION_BATCH = 64  # contexts per generate() call when measuring diversity
-ALL_SPLITS = "all"  # eval's split name for every dialogue of the specs
 
 
 def train_on_corpus(
@@ -72,7 +71,7 @@ def evaluate_on_corpus(
     loaded = load_model(model_dir, resolve_device(device))
     training = loaded.extra.get("training", {})
     split_seed = seed if seed is not None else training.get("split_seed", 0)
-    dialogues = split_of(load_corpus(specs, seed=split_seed, sources=sources), split)
+    dialogues = load_corpus(specs, seed=split_seed, sources=sources).split(split)
     window = training.get("max_turns", TrainingConfig.max_turns)
     encoded = encode_dialogues(
         dialogues,
@@ -108,14 +107,6 @@ def evaluate_on_corpus(
             progress=progress,
         )
     return result
-
-
-def split_of(corpus: Corpus, split: str) -> list[Dialogue]:
-    """The dialogues of ``split``; ``all`` (for a file that was never split) joins train,
-    validation and test, in that order."""
-    if split == ALL_SPLITS:
-        return [*corpus.train, *corpus.validation, *corpus.test]
-    return corpus.split(split)
 
 
 def generated_diversity(

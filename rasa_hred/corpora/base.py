@@ -58,11 +58,14 @@ class Corpus:
     sources: list[str] = field(default_factory=list)
 
     def split(self, name: str) -> list[Dialogue]:
-        """The dialogues of split ``name``: ``train``, ``validation`` (or ``valid``), ``test``."""
+        """The dialogues of split ``name``: ``train``, ``validation`` (or ``valid``), ``test``,
+        or ``all`` (train, validation and test in that order: a file that was never split)."""
+        if name == "all":
+            return [*self.train, *self.validation, *self.test]
         key = {"train": "train", "validation": "validation", "valid": "validation"}.get(name, name)
         if key not in SPLIT_NAMES:
             raise CorpusError(
-                f"unknown split {name!r}; choose train, validation (or valid) or test"
+                f"unknown split {name!r}; choose train, validation (or valid), test or all"
             )
         dialogues: list[Dialogue] = getattr(self, key)
         return dialogues
