@@ -49,7 +49,6 @@ async def running(app: Any) -> AsyncIterator[str]:
         sock.close()
 
 
-@contextlib.contextmanager
 def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
     """SIGTERM, then SIGKILL if ``process`` is still there after ``timeout`` seconds; reaped."""
     process.terminate()
@@ -60,6 +59,7 @@ def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
         process.wait(timeout=timeout)
 
 
+@contextlib.contextmanager
 def rasa_server(model: Path, cwd: Path, *extra: str, startup_timeout: float = 180) -> Iterator[str]:
     """`rasa run` on a free loopback port; yields its base URL and stops it afterwards.
     Its log is ``cwd/rasa-<port>.log``."""
