@@ -53,7 +53,7 @@ lint: $(STAMP)
 # --strict-markers: a misspelt marker (`@pytest.mark.slwo`) is an error, not a slow test
 # that quietly runs in test-fast. pytest exits 5 when it ran no tests (a wrong path, or a -m
 # that deselects everything); say so instead of leaving a bare "Error 5".
-PYTEST := $(BIN)/python -m pytest -q -ra --strict-markers
+PYTEST := $(BIN)/python -m pytest -q -ra --strict-markers --durations=25
 NO_TESTS := { rc=$$?; [ $$rc -ne 5 ] || echo "error: pytest ran no tests" >&2; exit $$rc; }
 
 test: lint
