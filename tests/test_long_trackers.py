@@ -29,7 +29,7 @@ from support.trackers import bot_text, long_conversation, nlg_body, user_text
 
 from rasa_hred.integration.context import dialogue_context, tracker_context
 from rasa_hred.nlg_server import defaults
-from rasa_hred.nlg_server.protocol import BadRequest, _read_body, parse_request
+from rasa_hred.nlg_server.protocol import BadRequest, RawEvents, _read_body, parse_request
 
 TURNS = 20_000
 MAX_HISTORY = 10
@@ -92,37 +92,90 @@ def as_text(value: Any, rng: random.Random) -> str:
 
 
 def read_like_json_loads(text: str) -> Any:
-    """What ``_read_body`` gives, with the events' deque as a list (as json.loads has it)."""
-    value = _read_body(text, max_events=1_000)
+    """What ``_read_body`` gives for ``text`` sent as UTF-8, with the events as a list (as
+    json.loads has them)."""
+    value = _read_body(text.encode("utf-8", "surrogatepass"), max_events=1_000)
     tracker = value.get("tracker") if isinstance(value, dict) else None
-    if isinstance(tracker, dict) and isinstance(tracker.get("events"), deque):
+    if isinstance(tracker, dict) and isinstance(tracker.get("events"), (deque, RawEvents)):
         tracker["events"] = list(tracker["events"])
     return value
+
+
+def json_loads_of_body(text: str) -> Any:
+    """The reference: ``json.loads`` of the body's UTF-8 text (a lone surrogate, which
+    ``json.dumps(ensure_ascii=False)`` writes as itself, is not UTF-8: both refuse it)."""
+    return json.loads(text.encode("utf-8", "surrogatepass").decode("utf-8"))
+
+
+def same_reading(text: str) -> None:
+    """``_read_body`` and the reference read ``text`` alike: the same value (the members
+    ``parse_request`` reads), or both refuse it."""
+    try:
+        expected = json_loads_of_body(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            read_like_json_loads(text)
+        return
+    # repr() compares NaN with NaN, which == does not.
+    assert repr(read_members(read_like_json_loads(text))) == repr(read_members(expected))
+
+
+def read_members(value: Any) -> Any:
+    """The members ``parse_request`` reads, where ``value`` has the shape Rasa sends (the
+    reader checks the others, then skips them); any other ``value`` whole."""
+    tracker = value.get("tracker") if isinstance(value, dict) else None
+    if not (isinstance(tracker, dict) and isinstance(tracker.get("events"), list)):
+        return value
+    return {key: value.get(key) for key in ("response", "channel", "arguments")} | {
+        "tracker": {key: tracker.get(key) for key in ("events", "slots")}
+    }
 
 
 @pytest.mark.parametrize("seed", range(300))
 def test_the_reader_reads_what_json_loads_reads(seed: int) -> None:
     rng = random.Random(seed)
     text = as_text(random_request(rng), rng)
-    # repr() compares NaN with NaN, which == does not.
-    assert repr(read_like_json_loads(text)) == repr(json.loads(text))
-    for _ in range(5):  # broken documents: both refuse them
+    same_reading(text)
+    for _ in range(5):  # broken documents: both refuse them, or read them alike
         cut = rng.randrange(len(text))
-        broken = rng.choice([text[:cut], text[:cut] + rng.choice('{}[],:"x') + text[cut:]])
-        try:
-            expected = json.loads(broken)
-        except ValueError:
-            with pytest.raises(ValueError):
-                read_like_json_loads(broken)
-        else:
-            assert repr(read_like_json_loads(broken)) == repr(expected)
+        same_reading(rng.choice([text[:cut], text[:cut] + rng.choice('{}[],:"x') + text[cut:]]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"tracker": {"events": [NaN, -Infinity]}, "response": "x"}',  # json's extensions
+        '{"tracker": {"events": ["\\ud800", {"\\udc00": 1}]}}',  # lone surrogates, escaped
+        '{"tracker": {"events": [1]}, "tracker": {"events": [2]}}',  # the last one counts
+        '{"tracker": {"events": [1], "events": [2, 3]}}',
+        '{"tracker": 5, "tracker": {"events": [4]}}',
+        '{"tracker": {"events": [5]}, "tracker": 5}',
+        '{"tracker": {"events": [10000000000000000000000000000, 1e999, -0, 1E-400]}}',
+        '{"tracker": {"events": ["a\x01b"]}}',  # a raw control character
+        '{"tracker": {"events": [01]}}',
+        '{"tracker": {"events": [{"a": 1,}]}}',
+        '{"tracker": {"events": []}, "x": [1,]}',  # a skipped member is still checked
+        '{"tracker": {"events": []}} x',
+        '\ufeff{"tracker": {"events": []}}',
+        '{"tracker": {"events": ["é", "\\u00e9"]}, "slots": {"é": "ü"}}',
+    ],
+)
+def test_the_reader_reads_edge_cases_as_json_loads_does(text: str) -> None:
+    same_reading(text)
+
+
+def test_the_reader_checks_the_utf8_of_events_it_does_not_decode() -> None:
+    body = b'{"response": "utter_x", "tracker": {"events": ["\xff", {"event": "user"}]}}'
+    with pytest.raises(BadRequest, match="not UTF-8"):
+        parse_request(body, max_events=1)
 
 
 def test_the_reader_keeps_the_last_max_events_and_reports_json_errors() -> None:
     events = [{"event": "user", "text": str(i)} for i in range(30_000)]
     body = json.dumps({"response": "utter_hred", "tracker": {"events": events}}).encode()
-    assert parse_request(body, max_events=25_000).events == events[-25_000:]
-    assert parse_request(body, max_events=0).events == []
+    assert list(parse_request(body, max_events=25_000).events) == events[-25_000:]
+    assert list(parse_request(body, max_events=0).events) == []
+    assert list(parse_request(body, max_events=40_000).events) == events
     with pytest.raises(BadRequest, match=r"invalid JSON: Expecting ',' delimiter: line 1"):
         parse_request(body[:-2] + b" 1}", max_events=10)
     with pytest.raises(BadRequest, match="nested too deeply"):

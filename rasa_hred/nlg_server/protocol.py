@@ -7,10 +7,13 @@ says what is wrong. A missing ``channel``, ``arguments`` or ``slots`` means none
 sends them).
 
 The tracker holds every event since the conversation began: 20,000 turns are about 45 MB of
-JSON. The body is read as ``json.loads`` reads it (same grammar, same errors), but the events
-are decoded one at a time and only the last ``max_events`` are kept, so a long conversation
-costs its size in time, not ten times its size in memory; and a worker thread that parses
-one gives the event loop its turn between events.
+JSON, of which a reply needs the last few dozen events. So the body is first read by msgspec
+into a shape where each event stays a slice of the body (``msgspec.Raw``): the whole body is
+checked (msgspec's JSON is strict RFC 8259), but no event becomes Python objects until it is
+read, and only the last ``max_events`` slices are kept. A body that reading refuses is read
+again as ``json.loads`` reads it (``_read_exact``: the same grammar, so ``NaN`` or lone
+surrogates are accepted, and the same error messages), with the events decoded one at a time
+so that a long one costs its size in time, not ten times its size in memory.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from json.decoder import JSONDecodeError
-from typing import Any
+from typing import Any, overload
+
+import msgspec
 
 _DECODER = json.JSONDecoder()
 # json's C scanner (one value at an index), as JSONDecoder.__init__ sets it; typeshed lacks it.
@@ -42,7 +47,7 @@ class NLGRequest:
     """The validated parts of Rasa's NLG request."""
 
     response: str
-    events: list[Any]
+    events: Sequence[Any]  # oldest first; possibly decoded only when read (``RawEvents``)
     slots: dict[str, Any]
     channel: str | None
     arguments: dict[str, Any]
@@ -54,7 +59,7 @@ def parse_request(body: bytes, *, max_events: int) -> NLGRequest:
     if not body:
         raise BadRequest("empty body: expected a JSON object")
     try:
-        payload = _read_body(body.decode("utf-8"), max_events)
+        payload = _read_body(body, max_events)
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
     except RecursionError:
@@ -70,7 +75,7 @@ def parse_request(body: bytes, *, max_events: int) -> NLGRequest:
     if not isinstance(tracker, dict):
         raise BadRequest(f"'tracker' must be an object, not {_json_type(tracker)}")
     events = tracker.get("events")
-    if not isinstance(events, (list, deque)):
+    if not isinstance(events, (list, deque, RawEvents)):
         raise BadRequest(f"'tracker.events' must be a list, not {_json_type(events)}")
     slots = tracker.get("slots")
     if slots is None:
@@ -91,10 +96,78 @@ def parse_request(body: bytes, *, max_events: int) -> NLGRequest:
         arguments = {}
     elif not isinstance(arguments, dict):
         raise BadRequest(f"'arguments' must be an object, not {_json_type(arguments)}")
-    return NLGRequest(response, list(events), slots, name, arguments)
+    if isinstance(events, deque):
+        events = list(events)
+    return NLGRequest(response, events, slots, name, arguments)
 
 
-def _read_body(text: str, max_events: int) -> Any:
+class RawEvents(Sequence[Any]):
+    """Tracker events kept as slices of the request body, each decoded when it is read (the
+    context reads the newest few)."""
+
+    def __init__(self, raws: list[msgspec.Raw]) -> None:
+        self._raws = raws
+
+    def __len__(self) -> int:
+        return len(self._raws)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> RawEvents: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return RawEvents(self._raws[index])
+        try:
+            return _value(self._raws[index])
+        except RecursionError:  # msgspec read it deeper in the stack: a bad entry, as in Rasa's
+            return None
+
+
+class _Tracker(msgspec.Struct):
+    events: list[msgspec.Raw]
+    slots: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Request(msgspec.Struct):
+    """The members ``parse_request`` reads, each left as JSON text for ``json.loads``, so that
+    its values are exactly ``json.loads``'s; other members are checked and skipped."""
+
+    tracker: _Tracker
+    response: msgspec.Raw = msgspec.Raw(b"null")
+    channel: msgspec.Raw = msgspec.Raw(b"null")
+    arguments: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_FAST_DECODER = msgspec.json.Decoder(_Request)
+
+
+def _read_body(body: bytes, max_events: int) -> Any:
+    """``json.loads`` of the UTF-8 ``body`` (the parts ``parse_request`` reads), except that
+    ``tracker.events`` is a sequence of its last ``max_events`` events."""
+    if not body.isascii():
+        body.decode("utf-8")  # msgspec does not check the UTF-8 of what it skips
+    try:
+        request = _FAST_DECODER.decode(body)
+    except (msgspec.DecodeError, RecursionError):  # refused, or not the shape Rasa sends
+        return _read_exact(body.decode("utf-8"), max_events)
+    events = request.tracker.events
+    return {
+        "response": _value(request.response),
+        "tracker": {
+            "events": RawEvents(events[-max_events:] if max_events else []),
+            "slots": _value(request.tracker.slots),
+        },
+        "channel": _value(request.channel),
+        "arguments": _value(request.arguments),
+    }
+
+
+def _value(raw: msgspec.Raw) -> Any:
+    return json.loads(bytes(raw))
+
+
+def _read_exact(text: str, max_events: int) -> Any:
     """``json.loads(text)``, except that ``tracker.events`` is a deque of its last
     ``max_events`` events (decoded one at a time)."""
     start = _skip_space(text, 0)
