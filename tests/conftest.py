@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 from support import BIN, RASA_ENV, REPO
-from support.models import rasa_train, train_tiny_hred, write_demo_project
+from support.models import demo_policy_options, rasa_train, train_tiny_hred, write_demo_project
 from support.redis import running_redis
 from support.servers import free_port, rasa_server, running
 
@@ -68,10 +68,10 @@ def tiny_hred(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory: pytest.TempPathFactory, tiny_hred: Path) -> Path:
-    """The demo assistant trained by `rasa train` with the small pre-trained HRED."""
-    project = write_demo_project(
-        tmp_path_factory.mktemp("demo"), {"model": str(tiny_hred), "max_history": 6}
-    )
+    """The demo assistant trained by `rasa train` with the small pre-trained HRED, generating
+    where the demo does (config.yml's ``generate``)."""
+    hred = {"model": str(tiny_hred), "max_history": 6, **demo_policy_options("generate")}
+    project = write_demo_project(tmp_path_factory.mktemp("demo"), hred)
     return rasa_train(project)
 
 

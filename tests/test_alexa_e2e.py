@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 from support.alexa_pki import CERT_URL, SKILL_ID, USER_ID, make_pki, sign, write_chain_cache
+from support.models import demo_run_directory
 from support.servers import rasa_server
 
 pytestmark = pytest.mark.slow
@@ -35,6 +36,7 @@ def pki():
 def alexa_rasa_server(demo_model, pki, tmp_path_factory) -> Iterator[str]:
     """``rasa run`` with both channels; yields its base URL."""
     tmp = tmp_path_factory.mktemp("alexa_e2e_run")
+    options = demo_run_directory(tmp)  # the demo's endpoints.yml; credentials.yml replaced
     roots = pki.write_root(tmp / "roots.pem")
     write_chain_cache(tmp / "certs", CERT_URL, pki.chain_pem)
     (tmp / "credentials.yml").write_text(
@@ -44,9 +46,7 @@ def alexa_rasa_server(demo_model, pki, tmp_path_factory) -> Iterator[str]:
         f'  trusted_roots: "{roots}"\n'
         f'  certificate_cache_dir: "{tmp / "certs"}"\n'
     )
-    with rasa_server(
-        demo_model, tmp, "--credentials", str(tmp / "credentials.yml"), startup_timeout=240
-    ) as base_url:
+    with rasa_server(demo_model, tmp, *options, startup_timeout=240) as base_url:
         yield base_url
 
 

@@ -5,13 +5,12 @@ restart."""
 from __future__ import annotations
 
 import json
-import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO
+from support.models import demo_run_directory
 from support.servers import rasa_server
 
 from rasa_hred.integration.archive import extract_policy_model
@@ -49,10 +48,7 @@ def test_restarted_rasa_run_continues_each_conversation_with_its_hred_context(
 ) -> None:
     # The repository's own endpoints.yml, run from a directory laid out like the repository
     # root after `make train` (the SQLite path is relative to it).
-    shutil.copy(REPO / "endpoints.yml", tmp_path / "endpoints.yml")
-    shutil.copy(REPO / "credentials.yml", tmp_path / "credentials.yml")
-    (tmp_path / "models").mkdir()
-    options = ["--enable-api", "--credentials", "credentials.yml", "--endpoints", "endpoints.yml"]
+    options = ["--enable-api", *demo_run_directory(tmp_path)]
     webhook, tracker = "/webhooks/rest/webhook", f"/conversations/{SENDER}/tracker"
 
     with rasa_server(demo_model, tmp_path, *options) as base:

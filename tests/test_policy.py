@@ -273,6 +273,21 @@ async def test_nlg_generates_the_hred_response_when_it_is_said(monkeypatch, capl
     assert fallback == {"text": "let's talk about movies."} and "generation failed" in caplog.text
 
 
+async def test_in_nlg_generates_even_when_the_slot_holds_an_old_reply(monkeypatch):
+    """A conversation kept (SQLite) from the days of an in_process model has that model's last
+    reply in the slot; an in_nlg policy's response must not repeat it."""
+    generator = AsyncGenerator("fresh")
+    registered = registry.NLGGenerator(generator, max_turns=2, fallback_response="utter_x")
+    monkeypatch.setitem(registry.NLG_GENERATORS, "utter_hred", registered)
+    nlg = HREDTemplatedNLG(domain=DOMAIN)
+    tracker = tracker_after(
+        *user("one", "chitchat"), SlotSet("hred_response", "stale"), *user("two", "chitchat")
+    )
+    assert await nlg.generate("utter_hred", tracker, "rest") == {"text": "fresh"}
+    monkeypatch.delitem(registry.NLG_GENERATORS, "utter_hred")  # in_process: the slot's text
+    assert await nlg.generate("utter_hred", tracker, "rest") == {"text": "stale"}
+
+
 async def test_nlg_says_the_policys_own_fallback_response(monkeypatch):
     domain = DOMAIN.merge(
         Domain.from_yaml('version: "3.1"\nresponses:\n  utter_sorry: [{text: sorry}]')

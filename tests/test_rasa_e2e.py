@@ -7,6 +7,7 @@ import urllib.request
 import pexpect
 import pytest
 from support import BIN, RASA_ENV
+from support.models import demo_policy_options, demo_run_directory
 from support.servers import free_port, rasa_server
 
 pytestmark = pytest.mark.slow
@@ -35,8 +36,8 @@ def test_rest_conversations_get_rule_and_hred_replies_with_separate_histories(de
     moved = tmp_path / "elsewhere" / "model.tar.gz"
     moved.parent.mkdir()
     shutil.copy(demo_model, moved)
-    shutil.copy(demo_model.parent.parent / "credentials.yml", tmp_path / "credentials.yml")
-    with rasa_server(moved, tmp_path, "--enable-api", "--credentials", "credentials.yml") as base:
+    options = demo_run_directory(tmp_path)  # the demo's endpoints: the reply generated when said
+    with rasa_server(moved, tmp_path, "--enable-api", *options) as base:
         greeting = say(base, "ann", "hello")
         assert greeting and "movie" in greeting[0].lower()  # utter_greet, a fixed response
         chat_ann = say(base, "ann", "what do you think about life and love?")
@@ -53,13 +54,17 @@ def test_rest_conversations_get_rule_and_hred_replies_with_separate_histories(de
     assert not set(ann_texts) & {"tell me something funny about robots"}
     hred_turns = [e for e in ann["events"] if e["event"] == "action" and e["name"] == "utter_hred"]
     assert hred_turns and hred_turns[0]["policy"] == "HREDPolicy"
-    assert ann["slots"]["hred_response"] == chat_ann[0]
+    # generate: in_nlg: the policy only predicted utter_hred, the NLG generated the text.
+    assert demo_policy_options("generate") == {"generate": "in_nlg"}
+    assert ann["slots"]["hred_response"] is None and chat_ann[0] in ann_texts
+    assert (tmp_path / "models" / "conversations.db").stat().st_size > 0
 
 
 def test_rasa_shell_two_turns(demo_model, tmp_path):
+    options = demo_run_directory(tmp_path)
     shell = pexpect.spawn(
         str(BIN / "rasa"),
-        ["shell", "-m", str(demo_model), "--port", str(free_port())],
+        ["shell", "-m", str(demo_model), "--port", str(free_port()), *options],
         cwd=str(tmp_path),
         env=RASA_ENV,
         encoding="utf-8",

@@ -53,9 +53,8 @@ class HREDTemplatedNLG(TemplatedNaturalLanguageGenerator):
         **kwargs: Any,
     ) -> dict[str, Any] | None:
         if utter_action in self.responses_owned:
-            text = tracker.get_slot(self.slot)
-            if isinstance(text, str) and text.strip():
-                return {"text": text}
+            # An in_nlg policy's response is generated now, even when the slot holds a text:
+            # a conversation kept from an in_process model has its last reply there.
             registered = registry.NLG_GENERATORS.get(utter_action)
             if registered is not None:
                 context = tracker_context(tracker, max_turns=registered.max_turns)
@@ -66,6 +65,9 @@ class HREDTemplatedNLG(TemplatedNaturalLanguageGenerator):
                     logger.exception(f"HRED generation failed; saying {fallback}")
                     return await super().generate(fallback, tracker, output_channel, **kwargs)
                 return {"text": reply.text}
+            text = tracker.get_slot(self.slot)
+            if isinstance(text, str) and text.strip():
+                return {"text": text}
         response: dict[str, Any] | None = await super().generate(
             utter_action, tracker, output_channel, **kwargs
         )

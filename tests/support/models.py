@@ -33,6 +33,24 @@ def train_tiny_hred(out: Path) -> Path:
     return out
 
 
+def demo_policy_options(*names: str) -> dict[str, Any]:
+    """The options ``names`` of the HREDPolicy in the repository's config.yml (those it sets)."""
+    config = yaml.safe_load((REPO / "config.yml").read_text())
+    (policy,) = [p for p in config["policies"] if p["name"] == "rasa_hred.HREDPolicy"]
+    return {name: policy[name] for name in names if name in policy}
+
+
+def demo_run_directory(target: Path) -> list[str]:
+    """``target`` laid out like the repository root for ``rasa run``: its endpoints.yml (the
+    in-process NLG, the SQLite store under models/) and credentials.yml; the options that
+    name them."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("endpoints.yml", "credentials.yml"):
+        shutil.copy(REPO / name, target / name)
+    (target / "models").mkdir(exist_ok=True)
+    return ["--endpoints", "endpoints.yml", "--credentials", "credentials.yml"]
+
+
 def write_demo_project(target: Path, hred: dict[str, Any]) -> Path:
     """The repository's demo assistant with a fast NLU and the given HREDPolicy options."""
     target.mkdir(parents=True, exist_ok=True)
