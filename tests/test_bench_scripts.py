@@ -1,8 +1,9 @@
 """Smoke test of the two end-to-end benchmarks, with tiny counts, against the demo model.
 
-``rasa-hred bench rasa`` and ``scripts/bench_alexa.py`` each start their own ``rasa run`` on a
-free port of 127.0.0.1; the two run side by side to keep the test short. Only the JSON shape
-and the correctness checks the benchmarks make are asserted, never a timing.
+``rasa-hred bench rasa`` (which first derives an in_process and an in_nlg archive from the demo
+model, in the demo's project) and ``scripts/bench_alexa.py`` each start their own ``rasa run``
+on a free port of 127.0.0.1; the two run side by side to keep the test short. Only the JSON
+shape and the correctness checks the benchmarks make are asserted, never a timing.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from conftest import BIN, RASA_ENV, REPO
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT_S = 240
-RASA_ARGS = ["--messages", "2", "--warmup", "1", "--json"]
+TIMEOUT_S = 900
+RASA_ARGS = ["--messages", "2", "--warmup", "1", "--users", "1", "3", "--turns", "2"]
+RASA_ARGS += ["--seconds", "30", "--json"]
 ALEXA_ARGS = ["--verify-requests", "20", "--sequential", "2"]
 ALEXA_ARGS += ["--users", "3", "--seconds", "2", "--json"]
 
@@ -38,7 +40,16 @@ def _finish(process: subprocess.Popen, deadline: float) -> dict:
 def test_bench_rasa_and_bench_alexa(demo_model: Path, tmp_path: Path):
     common = {"cwd": tmp_path, "env": RASA_ENV, "stdout": subprocess.PIPE, "text": True}
     rasa = subprocess.Popen(
-        [BIN / "rasa-hred", "bench", "rasa", "--model", str(demo_model), *RASA_ARGS],
+        [
+            BIN / "rasa-hred",
+            "bench",
+            "rasa",
+            "--model",
+            str(demo_model),
+            "--project",
+            str(demo_model.parent.parent),  # the demo project the archive was trained in
+            *RASA_ARGS,
+        ],
         stderr=subprocess.PIPE,
         **common,
     )
@@ -64,17 +75,33 @@ def test_bench_rasa_and_bench_alexa(demo_model: Path, tmp_path: Path):
                 process.wait(timeout=30)
 
     # rasa-hred bench rasa
-    for kind in ("hred", "rule"):
-        assert {"p50_ms", "p95_ms", "n"} <= rest[kind].keys()
-    assert rest["hred"]["n"] >= 1  # at least one reply verified as HREDPolicy's utter_hred
-    assert rest["rule"]["n"] >= 1
-    assert rest["hred"]["errors"] == rest["rule"]["errors"] == 0
-    assert isinstance(rest["hred_added_ms_p50"], float)
+    assert list(rest["modes"]) == ["in_process", "in_nlg"]
+    for mode, figures in rest["modes"].items():
+        assert figures["policy"]["generate"] == mode
+        # demo: fallback_threshold set, so in_process generates on every user turn
+        assert figures["policy"]["generates_on_every_user_turn"] is (mode == "in_process")
+        assert Path(figures["archive"]).is_file() and figures["derive_s"] >= 0
+        threads = figures["threads"]
+        assert isinstance(threads["intra_op"], int) and threads["intra_op"] >= 1
+        assert threads["source"].startswith("PyTorch's default")  # the demo sets no threads
+        sequential = figures["sequential"]
+        for kind in ("hred", "rule"):
+            assert {"p50_ms", "p95_ms", "n", "sent", "errors"} <= sequential[kind].keys()
+            assert sequential[kind]["errors"] == 0 and sequential[kind]["sent"] == 2
+        # at least one reply verified as HREDPolicy's utter_hred, one as RulePolicy's
+        assert sequential["hred"]["n"] >= 1 and sequential["rule"]["n"] >= 1
+        assert isinstance(sequential["hred_added_ms_p50"], float)
+        assert [run["users"] for run in figures["concurrent"]] == [1, 3]
+        for run in figures["concurrent"]:
+            assert run["errors"] == 0 and run["answered"] == run["sent"] >= run["users"]
+            assert 1 <= run["hred_answers"] <= run["answered"]  # HREDPolicy really answered
+            assert run["rps"] > 0
+            assert {"p50_ms", "p99_ms"} <= run.keys()
+        assert "load_avg_1m" in figures
     assert rest["device"] in ("cpu", "cuda")
-    assert "load_avg_1m" in rest
+    assert "load_avg_1m" in rest and "load_avg_1m_at_start" in rest
     generation = rest["in_process_generate"]
-    assert generation["hred_lines"]["n"] == 2
-    assert generation["policy"]["generates_on_every_user_turn"] is True  # demo: threshold set
+    assert generation["hred_lines"]["n"] == 2 and generation["threads"] >= 1
 
     # scripts/bench_alexa.py
     verify = speech["verify"]

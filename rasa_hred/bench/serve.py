@@ -4,13 +4,27 @@ The server is ``rasa-hred serve`` in a subprocess with an untrained HRED at the 
 configuration (``rasa_hred.bench.generate.seed_model``: vocabulary 10,004, embeddings and
 hidden 300, unidirectional, maxout), beam 5 and every reply exactly 20 tokens
 (``force_length``), so all requests cost the same. Each request is a distinct conversation
-of two 16-20 word turns.
+of two 16-20 word turns. One server per mode: batching on runs with ``--batching --dtype
+auto``, batching off with ``--no-batching --dtype float32`` (``MODE_DTYPES``), so that
+``speedup_32`` is what batching and the auto dtype together gain.
 This process drives it with aiohttp: N clients, each sending its next request as soon as
 the previous one is answered, for ``--seconds`` (and at most ``MAX_REQUESTS_PER_RUN``
-requests); then it waits for the requests still in flight. Per run it reports ``rps``
-(answered requests per second), latency percentiles, ``errors`` (non-200 answers, answers
-without a text, failed or timed-out requests), ``mean_batch`` (contexts per decoded batch,
-from the server's /health) and ``peak_rss_mb`` (the server's VmHWM so far).
+requests); then it waits for the requests still in flight. The result is one JSON object:
+
+- ``device``, ``beam_size``, ``steps``, ``max_batch_size``, ``batch_wait_ms``, ``threads``
+  (the server's; ``None``: PyTorch's choice), ``seconds`` (asked per run);
+  ``auto_dtype``: what ``auto`` resolved to on this machine (``rasa_hred.core.precision``);
+- ``runs``: per batching mode and client count, ``clients``, ``batching``, ``dtype`` (the
+  server's, resolved), ``rps`` (answered requests per second), ``p50_ms`` / ``p95_ms`` /
+  ``p99_ms`` (latency of the answered requests), ``errors`` (non-200 answers, answers
+  without a text, failed or timed-out requests), ``mean_batch`` (contexts per decoded
+  batch, from the server's /health), ``peak_rss_mb`` (the server's VmHWM so far),
+  ``requests`` (answered and failed) and ``seconds`` (the run's wall time, in-flight
+  requests included);
+- ``speedup_32``: ``rps`` with batching on over ``rps`` with it off, both at 32 clients
+  (of the printed figures; ``None`` unless both runs were made);
+- ``load_avg_1m_at_start`` / ``load_avg_1m``: the 1-minute load average before and after
+  (other processes on the machine distort CPU figures).
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from rasa_hred.bench.common import free_port, percentile
+from rasa_hred.bench.common import free_port, load_average, percentile
 from rasa_hred.bench.generate import VOCAB_SIZE, seed_model
 from rasa_hred.errors import UserError
 from rasa_hred.integration.names import RESPONSE, SLOT
@@ -38,6 +52,8 @@ MAX_REQUESTS_PER_RUN = 200_000
 REQUEST_TIMEOUT_S = 120.0
 STARTUP_TIMEOUT_S = 180.0
 CONVERSATIONS = 1024
+SPEEDUP_CLIENTS = 32  # speedup_32
+MODE_DTYPES = {True: "auto", False: "float32"}  # batching on / off -> the server's --dtype
 DOMAIN_YAML = f"""version: "3.1"
 slots:
   {SLOT}:
@@ -230,6 +246,43 @@ async def drive(url: str, bodies: list[bytes], clients: int, seconds: float) -> 
     }
 
 
+def server_options(
+    batching: bool,
+    *,
+    device: str,
+    beam_size: int,
+    max_batch_size: int,
+    batch_wait_ms: float,
+    threads: int | None,
+) -> list[str]:
+    """The ``rasa-hred serve`` flags of one batching mode (its dtype from ``MODE_DTYPES``)."""
+    options = [
+        "--device",
+        device,
+        "--dtype",
+        MODE_DTYPES[batching],
+        "--beam-size",
+        str(beam_size),
+        "--max-batch-size",
+        str(max_batch_size),
+        "--batch-wait-ms",
+        str(batch_wait_ms),
+        "--batching" if batching else "--no-batching",
+    ]
+    if threads:
+        options += ["--threads", str(threads)]
+    return options
+
+
+def speedup(rows: list[dict[str, Any]], clients: int) -> float | None:
+    """``rps`` with batching on over ``rps`` with it off at ``clients`` clients (``None``
+    unless both runs are in ``rows`` and the second answered something)."""
+    rps = {row["batching"]: row["rps"] for row in rows if row["clients"] == clients}
+    if True not in rps or not rps.get(False):
+        return None
+    return round(rps[True] / rps[False], 2)
+
+
 def run(
     *,
     device: str = "auto",
@@ -241,13 +294,23 @@ def run(
     batch_wait_ms: float = 0.0,
     threads: int | None = None,
     progress: bool = False,
-) -> list[dict[str, Any]]:
-    """One row of figures per client count and batching mode (``modes``: True = batching
-    on; default both); with ``progress`` each row is also printed to stderr as it comes."""
+) -> dict[str, Any]:
+    """The figures of every client count and batching mode (``modes``: True = batching on;
+    default both) as one JSON-ready object (see the module docstring); with ``progress``
+    each run's row is also printed to stderr as it comes."""
+    from rasa_hred.core.checkpoint import resolve_device
+    from rasa_hred.core.precision import resolve_dtype
+
     clients = clients or [1, 8, 32, 128]
     if any(n < 1 for n in clients) or seconds <= 0:
         raise UserError("--clients must be >= 1 and --seconds > 0")
     modes = [True, False] if modes is None else modes
+    load_start = load_average()
+    resolved = resolve_device(device)  # as the server resolves it, on the same machine
+
+    def dtype_name(name: str) -> str:
+        return str(resolve_dtype(name, resolved)).removeprefix("torch.")
+
     rows = []
     bodies = request_bodies(CONVERSATIONS)
     with tempfile.TemporaryDirectory(prefix="rasa-hred-bench-serve-") as scratch:
@@ -256,48 +319,54 @@ def run(
         domain = root / "domain.yml"
         domain.write_text(DOMAIN_YAML, encoding="utf-8")
         for batching in modes:
-            options = [
-                "--device",
-                device,
-                "--beam-size",
-                str(beam_size),
-                "--max-batch-size",
-                str(max_batch_size),
-                "--batch-wait-ms",
-                str(batch_wait_ms),
-                "--batching" if batching else "--no-batching",
-            ]
-            if threads:
-                options += ["--threads", str(threads)]
+            options = server_options(
+                batching,
+                device=device,
+                beam_size=beam_size,
+                max_batch_size=max_batch_size,
+                batch_wait_ms=batch_wait_ms,
+                threads=threads,
+            )
             server = Server(model, domain, root / f"server-{batching}.log", options)
             try:
                 asyncio.run(drive(server.url, bodies, 2, min(3.0, seconds)))  # warm-up
                 for count in clients:
                     before = server.health()["batching"]["stats"]
                     figures = asyncio.run(drive(server.url, bodies, count, seconds))
-                    health = server.health()
-                    after = health["batching"]["stats"]
+                    after = server.health()["batching"]["stats"]
                     batches = after["batches"] - before["batches"]
                     row = {
                         "clients": count,
                         "batching": batching,
+                        "dtype": dtype_name(MODE_DTYPES[batching]),
                         "rps": figures["rps"],
                         "p50_ms": figures["p50_ms"],
                         "p95_ms": figures["p95_ms"],
                         "p99_ms": figures["p99_ms"],
                         "errors": figures["errors"],
-                        "peak_rss_mb": peak_rss_mb(server.process.pid),
-                        "requests": figures["requests"],
                         "mean_batch": round((after["requests"] - before["requests"]) / batches, 2)
                         if batches
                         else 0.0,
+                        "peak_rss_mb": peak_rss_mb(server.process.pid),
+                        "requests": figures["requests"],
                         "seconds": figures["elapsed_s"],
-                        "device": health["device"],
-                        "beam_size": beam_size,
                     }
                     rows.append(row)
                     if progress:
                         print(json.dumps(row), file=sys.stderr, flush=True)
             finally:
                 server.stop()
-    return rows
+    return {
+        "device": str(resolved),
+        "auto_dtype": dtype_name("auto"),
+        "beam_size": beam_size,
+        "steps": STEPS,
+        "max_batch_size": max_batch_size,
+        "batch_wait_ms": batch_wait_ms,
+        "threads": threads,
+        "seconds": seconds,
+        "runs": rows,
+        "speedup_32": speedup(rows, SPEEDUP_CLIENTS),
+        "load_avg_1m_at_start": load_start,
+        "load_avg_1m": load_average(),
+    }
