@@ -68,7 +68,8 @@ _DEFAULTS: dict[str, Any] = {
     "device": "auto",
     # Inference precision: auto = bfloat16 where the CPU/GPU has bf16 units, else float32.
     "dtype": "auto",
-    # PyTorch's CPU threads for generation in this process (None: PyTorch's default).
+    # PyTorch's CPU threads for generation in this process (None: PyTorch's default;
+    # serving.threads has the measurements).
     "threads": None,
     "decoding": {},  # DecodingConfig options, e.g. {beam_size: 5, mmi_lambda: 0.3}
 }
@@ -199,12 +200,10 @@ def load_policy_generator(
     (which batches only in ``in_nlg`` mode, where concurrent conversations generate at
     once). Errors are ``UserError``s (``CheckpointError``, ``HREDPolicyError``)."""
     from rasa_hred.serving.generator import ResponseGenerator
+    from rasa_hred.serving.threads import use_serving_threads
 
     config = with_defaults(config)
-    if config["threads"]:
-        import torch
-
-        torch.set_num_threads(config["threads"])
+    use_serving_threads(config["threads"])
     if batching is None:
         batching = config["generate"] == "in_nlg"
     return ResponseGenerator.load(

@@ -70,7 +70,7 @@ class ServeOptions:
     max_body_bytes: int = defaults.MAX_BODY_BYTES
     max_events: int = defaults.MAX_EVENTS
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
-    threads: int | None = None  # PyTorch's CPU threads (None: its default)
+    threads: int | None = None  # PyTorch's CPU threads (None: its default; serving.threads)
     access_log: bool = False
     decoding: Mapping[str, Any] = field(default_factory=dict)  # over the policy's decoding
 
@@ -177,13 +177,12 @@ def build_generator(options: ServeOptions, settings: ServeSettings) -> ResponseG
 
 def serve(options: ServeOptions) -> int:
     """Load the model, then serve until SIGTERM/SIGINT (returns 0)."""
+    from rasa_hred.serving.threads import use_serving_threads
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if options.threads:
-        import torch
-
-        torch.set_num_threads(options.threads)
+    use_serving_threads(options.threads)
     with tempfile.TemporaryDirectory(prefix="rasa-hred-serve-") as scratch:
         settings = resolve_settings(options, Path(scratch))
         domain = load_domain(settings.domain)
