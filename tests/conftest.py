@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import torch
 from support import BIN, RASA_ENV, REPO
-from support.models import demo_policy_options, rasa_train, train_tiny_hred, write_demo_project
+from support.alexa_pki import CERT_URL, PKI, SKILL_ID, make_pki, write_chain_cache
+from support.models import (
+    demo_policy_options,
+    demo_run_directory,
+    rasa_train,
+    train_tiny_hred,
+    write_demo_project,
+)
 from support.redis import running_redis
 from support.servers import free_port, rasa_server, running
 
@@ -73,6 +80,39 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory, tiny_hred: Path) -> Pat
     hred = {"model": str(tiny_hred), "max_history": 6, **demo_policy_options("generate")}
     project = write_demo_project(tmp_path_factory.mktemp("demo"), hred)
     return rasa_train(project)
+
+
+@pytest.fixture(scope="session")
+def alexa_pki() -> PKI:
+    """The throw-away PKI that signs the Alexa requests of the session's tests."""
+    return make_pki()
+
+
+@pytest.fixture(scope="session")
+def demo_server(
+    demo_model: Path, alexa_pki: PKI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The demo as a user runs it, for every test that only talks to it (each `rasa run`
+    start costs a minute): a copy of the archive away from its project (it must be
+    self-contained), the demo's endpoints.yml (SQLite store, the reply generated when said),
+    the REST channel and the Alexa channel trusting ``alexa_pki``, and the HTTP API. Yields
+    its base URL."""
+    directory = tmp_path_factory.mktemp("demo_server")
+    options = demo_run_directory(directory)
+    moved = directory / "elsewhere" / "model.tar.gz"
+    moved.parent.mkdir()
+    moved.write_bytes(demo_model.read_bytes())
+    roots = alexa_pki.write_root(directory / "roots.pem")
+    write_chain_cache(directory / "certs", CERT_URL, alexa_pki.chain_pem)
+    (directory / "credentials.yml").write_text(
+        "rest:\n"
+        "alexa_connector.AlexaConnector:\n"
+        f'  skill_id: "{SKILL_ID}"\n'
+        f'  trusted_roots: "{roots}"\n'
+        f'  certificate_cache_dir: "{directory / "certs"}"\n'
+    )
+    with rasa_server(moved, directory, "--enable-api", *options, startup_timeout=240) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,53 +1,26 @@
 """The demo assistant behind ``rasa run`` (a subprocess) with the REST and Alexa channels.
 
-Uses the demo model of tests/conftest.py (``demo_model``: the repository's domain, data and
-config with the small pre-trained HRED, trained once per test session), starts ``rasa run
---credentials`` on 127.0.0.1 with a credentials file that names
-``alexa_connector.AlexaConnector`` (trusting the throw-away test PKI), and talks to it with
-signed requests built from ask-sdk-model's typed envelopes.
+Talks to the session's ``demo_server`` (tests/conftest.py: the demo model, trained once per
+session with the small pre-trained HRED, behind ``rasa run`` with a credentials file that
+names ``alexa_connector.AlexaConnector`` trusting the throw-away test PKI) with signed
+requests built from ask-sdk-model's typed envelopes.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from support.alexa_pki import CERT_URL, SKILL_ID, USER_ID, make_pki, sign, write_chain_cache
-from support.models import demo_run_directory
-from support.servers import rasa_server
+from support.alexa_pki import CERT_URL, SKILL_ID, USER_ID, make_pki, sign
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return make_pki()
-
-
-@pytest.fixture(scope="module")
-def alexa_rasa_server(demo_model, pki, tmp_path_factory) -> Iterator[str]:
-    """``rasa run`` with both channels; yields its base URL."""
-    tmp = tmp_path_factory.mktemp("alexa_e2e_run")
-    options = demo_run_directory(tmp)  # the demo's endpoints.yml; credentials.yml replaced
-    roots = pki.write_root(tmp / "roots.pem")
-    write_chain_cache(tmp / "certs", CERT_URL, pki.chain_pem)
-    (tmp / "credentials.yml").write_text(
-        "rest:\n"
-        "alexa_connector.AlexaConnector:\n"
-        f'  skill_id: "{SKILL_ID}"\n'
-        f'  trusted_roots: "{roots}"\n'
-        f'  certificate_cache_dir: "{tmp / "certs"}"\n'
-    )
-    with rasa_server(demo_model, tmp, *options, startup_timeout=240) as base_url:
-        yield base_url
 
 
 # --------------------------------------------------------------------------- envelopes
@@ -136,8 +109,8 @@ def speech(reply: requests.Response) -> str:
 # --------------------------------------------------------------------------- the test
 
 
-def test_demo_assistant_on_alexa_and_rest(alexa_rasa_server, pki):
-    base_url = alexa_rasa_server
+def test_demo_assistant_on_alexa_and_rest(demo_server, alexa_pki):
+    base_url, pki = demo_server, alexa_pki
     from rasa.shared.core.domain import Domain
 
     from alexa_connector.settings import AlexaSettings

@@ -1,7 +1,8 @@
 """The demo assistant's files: the domain's contract with rasa_hred, and its NLU.
 
-The fast tests read domain.yml / data/ / config.yml; the slow one trains the demo's NLU
-(fewer DIET epochs, fixed seed) and checks held-out phrasings that are not in data/nlu.yml.
+The fast tests read domain.yml / data/ / config.yml; the slow one checks the NLU of the
+session's demo model (``rasa train`` of the demo with fewer DIET epochs and a fixed seed:
+``support.models.DEMO_DIET``) on held-out phrasings that are not in data/nlu.yml.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import SlotSet
 from rasa.shared.core.slots import TextSlot
 from rasa.shared.core.trackers import DialogueStateTracker
-from rasa.shared.utils.io import read_yaml_file, write_yaml
+from rasa.shared.utils.io import read_yaml_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN_FILE = ROOT / "domain.yml"
@@ -147,24 +148,11 @@ HELD_OUT: list[tuple[str, str | set[str]]] = [
 
 
 @pytest.mark.slow
-async def test_demo_nlu_on_held_out_phrasings(tmp_path: Path, monkeypatch) -> None:
+async def test_demo_nlu_on_held_out_phrasings(demo_model: Path) -> None:
+    """The session's demo model: the demo's NLU data and pipeline, DIET as DEMO_DIET sets it."""
     from rasa.core.agent import Agent
-    from rasa.model_training import train_nlu
 
-    monkeypatch.setenv("RASA_TELEMETRY_ENABLED", "false")
-    monkeypatch.setenv("RASA_CACHE_DIRECTORY", str(tmp_path / "cache"))
-    config = read_yaml_file(CONFIG_FILE)
-    for component in config["pipeline"]:
-        if component["name"] == "DIETClassifier":
-            component["epochs"] = 50
-            component["random_seed"] = 1
-    config_file = tmp_path / "config.yml"
-    write_yaml(config, config_file)
-    model = train_nlu(
-        str(config_file), str(NLU_FILE), str(tmp_path / "models"), domain=str(DOMAIN_FILE)
-    )
-    assert model is not None
-
+    model = str(demo_model)
     agent = Agent.load(model)
     wrong = []
     for text, intent in HELD_OUT:

@@ -1,14 +1,14 @@
-"""The demo assistant as a user runs it: `rasa train`, then `rasa run` and `rasa shell`."""
+"""The demo assistant as a user runs it: `rasa train`, then `rasa run` (the session's
+``demo_server``) and `rasa shell`."""
 
 import json
-import shutil
 import urllib.request
 
 import pexpect
 import pytest
 from support import BIN, RASA_ENV
 from support.models import demo_policy_options, demo_run_directory
-from support.servers import free_port, rasa_server
+from support.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -31,22 +31,17 @@ def say(base: str, sender: str, text: str) -> list[str]:
     return [r.get("text", "") for r in replies]
 
 
-def test_rest_conversations_get_rule_and_hred_replies_with_separate_histories(demo_model, tmp_path):
-    # The archive is self-contained: moved away from its project, it still runs.
-    moved = tmp_path / "elsewhere" / "model.tar.gz"
-    moved.parent.mkdir()
-    shutil.copy(demo_model, moved)
-    options = demo_run_directory(tmp_path)  # the demo's endpoints: the reply generated when said
-    with rasa_server(moved, tmp_path, "--enable-api", *options) as base:
-        greeting = say(base, "ann", "hello")
-        assert greeting and "movie" in greeting[0].lower()  # utter_greet, a fixed response
-        chat_ann = say(base, "ann", "what do you think about life and love?")
-        chat_ben = say(base, "ben", "tell me something funny about robots")
-        for reply in (chat_ann, chat_ben):
-            assert len(reply) == 1 and reply[0].strip()
-            assert "{" not in reply[0]
-        ann = get(f"{base}/conversations/ann/tracker")
-        ben = get(f"{base}/conversations/ben/tracker")
+def test_rest_conversations_get_rule_and_hred_replies_with_separate_histories(demo_server):
+    base = demo_server  # a moved copy of the archive, with the demo's endpoints.yml
+    greeting = say(base, "ann", "hello")
+    assert greeting and "movie" in greeting[0].lower()  # utter_greet, a fixed response
+    chat_ann = say(base, "ann", "what do you think about life and love?")
+    chat_ben = say(base, "ben", "tell me something funny about robots")
+    for reply in (chat_ann, chat_ben):
+        assert len(reply) == 1 and reply[0].strip()
+        assert "{" not in reply[0]
+    ann = get(f"{base}/conversations/ann/tracker")
+    ben = get(f"{base}/conversations/ben/tracker")
     ann_texts = [e.get("text") for e in ann["events"] if e["event"] in ("user", "bot")]
     ben_texts = [e.get("text") for e in ben["events"] if e["event"] in ("user", "bot")]
     assert ann_texts[0] == "hello" and "what do you think about life and love?" in ann_texts
@@ -57,7 +52,6 @@ def test_rest_conversations_get_rule_and_hred_replies_with_separate_histories(de
     # generate: in_nlg: the policy only predicted utter_hred, the NLG generated the text.
     assert demo_policy_options("generate") == {"generate": "in_nlg"}
     assert ann["slots"]["hred_response"] is None and chat_ann[0] in ann_texts
-    assert (tmp_path / "models" / "conversations.db").stat().st_size > 0
 
 
 def test_rasa_shell_two_turns(demo_model, tmp_path):

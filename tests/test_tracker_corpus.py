@@ -1,15 +1,12 @@
 """The ``tracker-store:ENDPOINTS_YML`` corpus: a bot's own conversations, read from a real
-SQLite tracker store through Rasa's TrackerStore API (written by Rasa's API here, and by a
-real ``rasa run`` in the slow test)."""
+SQLite tracker store through Rasa's TrackerStore API (written by Rasa's API here; a store a
+real ``rasa run`` filled trains a model in tests/test_durable.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import shutil
-import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,12 +22,9 @@ from rasa.shared.core.events import (
     UserUttered,
 )
 from rasa.shared.core.trackers import DialogueStateTracker
-from support import BIN, REPO
-from support.servers import rasa_server
 
 from rasa_hred.cli import main
 from rasa_hred.cli.common import TRACKER_STORE, TrackerStoreSource
-from rasa_hred.core.vocab import Vocabulary
 from rasa_hred.corpora import CorpusError, load_corpus
 from rasa_hred.corpora.base import DialogueCollector
 from rasa_hred.integration.tracker_corpus import read_tracker_store
@@ -218,48 +212,3 @@ def test_missing_files_are_errors_that_say_where_paths_resolve(tmp_path, monkeyp
         read(str(endpoints))  # the db is relative to the current directory, as for rasa run
     assert not (elsewhere / "trackers.db").exists()  # and no empty database was made
     assert main(["corpus", "stats", f"{TRACKER_STORE}:missing.yml"]) == 2
-
-
-PAYLOAD = '/greet{"genre": "kumquatz"}'  # answered by utter_greet, which names no genre
-
-
-@pytest.mark.slow
-def test_train_on_conversations_a_real_rasa_run_stored(demo_model, tmp_path):
-    (tmp_path / "endpoints.yml").write_text(
-        "tracker_store:\n  type: SQL\n  dialect: sqlite\n  db: conversations.db\n"
-    )
-    shutil.copy(REPO / "credentials.yml", tmp_path / "credentials.yml")
-    options = ["--credentials", "credentials.yml", "--endpoints", "endpoints.yml"]
-    conversations = {  # each: the HRED's reply, then utter_greet to a button payload
-        f"user{i}": [f"my quokka {i} likes zanzibar", PAYLOAD] for i in range(3)
-    }
-    conversations["tester"] = ["the axolotl test message"]
-    with rasa_server(demo_model, tmp_path, *options) as base:
-        for sender, texts in conversations.items():
-            for text in texts:
-                body = json.dumps({"sender": sender, "message": text}).encode()
-                request = urllib.request.Request(
-                    f"{base}/webhooks/rest/webhook", body, {"Content-Type": "application/json"}
-                )
-                with urllib.request.urlopen(request, timeout=120) as response:
-                    assert response.status == 200
-
-    out = tmp_path / "model"
-    run = subprocess.run(
-        [
-            *(BIN / "rasa-hred", "train", "--corpus", f"{TRACKER_STORE}:endpoints.yml"),
-            *("--exclude-sender", "tester", "--out", str(out), "--epochs", "1"),
-            *("--embedding-size", "16", "--hidden-size", "32", "--device", "cpu", "--no-progress"),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    vocabulary = Vocabulary.load(out / "vocab.json")
-    assert "quokka" in vocabulary and "zanzibar" in vocabulary  # only these conversations
-    assert "axolotl" not in vocabulary  # the excluded sender's
-    skipped = json.loads((out / "config.json").read_text())["corpus"]["skipped"]
-    assert skipped == {"endpoints.yml (SQLTrackerStore): conversation of an excluded sender": 1}
-    assert "kumquatz" not in vocabulary  # a button payload is no text

@@ -33,6 +33,11 @@ def train_tiny_hred(out: Path) -> Path:
     return out
 
 
+#: The demo's DIETClassifier in tests: fewer epochs, a fixed seed (tests/test_demo_nlu.py
+#: checks the NLU trained so on held-out phrasings).
+DEMO_DIET = {"epochs": 50, "random_seed": 1}
+
+
 def demo_policy_options(*names: str) -> dict[str, Any]:
     """The options ``names`` of the HREDPolicy in the repository's config.yml (those it sets)."""
     config = yaml.safe_load((REPO / "config.yml").read_text())
@@ -60,7 +65,7 @@ def write_demo_project(target: Path, hred: dict[str, Any]) -> Path:
     config = yaml.safe_load((REPO / "config.yml").read_text())
     for component in config["pipeline"]:
         if component["name"] == "DIETClassifier":
-            component["epochs"] = 40
+            component.update(DEMO_DIET)
     policies = [p for p in config["policies"] if p["name"] != "rasa_hred.HREDPolicy"]
     policies.append({"name": "rasa_hred.HREDPolicy", **hred})
     config["policies"] = policies
@@ -69,11 +74,14 @@ def write_demo_project(target: Path, hred: dict[str, Any]) -> Path:
 
 
 def rasa_train(project: Path, timeout: float = 600) -> Path:
-    """``rasa train`` in ``project`` (a subprocess); the model archive's path."""
+    """``rasa train`` in ``project`` (a subprocess); the model archive's path. Projects made
+    side by side (``tmp_path_factory.mktemp``) share one Rasa cache, so a component whose
+    config and data another project already trained is restored, not trained again."""
+    cache = project.parent / "rasa-cache"
     run = subprocess.run(
         [BIN / "rasa", "train", "--fixed-model-name", "demo", "--out", "models"],
         cwd=project,
-        env=RASA_ENV,
+        env=RASA_ENV | {"RASA_CACHE_DIRECTORY": str(cache)},
         capture_output=True,
         text=True,
         timeout=timeout,
