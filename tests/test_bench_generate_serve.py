@@ -1,5 +1,6 @@
-"""``rasa-hred bench generate`` and ``bench serve`` at tiny sizes: the JSON fields and their
-relations (dtype names, speedups as the ratio of the printed rates), never a timing."""
+"""``rasa-hred bench generate``, ``bench serve`` and ``bench train`` at tiny sizes: the JSON
+fields and their relations (dtype names, speedups as the ratio of the printed rates), never a
+timing."""
 
 from __future__ import annotations
 
@@ -110,3 +111,21 @@ def test_bench_serve_tiny(capsys):
     assert runs[False, 32]["mean_batch"] == 1.0  # batching off: one request at a time
     ratio = runs[True, 32]["rps"] / runs[False, 32]["rps"]
     assert result["speedup_32"] == round(ratio, 2)
+
+
+@pytest.mark.slow  # about 20 optimisation steps of the seed-sized model
+def test_bench_train_prints_fp32_and_bf16_side_by_side(capsys):
+    threads = torch.get_num_threads()
+    try:
+        argv = ["bench", "train", "--device", "cpu", "--threads", "1", "--batch-size", "50"]
+        code = main([*argv, "--dialogues", "200", "--seconds", "0.01", "--json"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    fp32, bf16 = result["tokens_per_s"], result["tokens_per_s_cpu_bf16"]
+    assert fp32 > 0 and bf16 > 0 and result["load_avg_1m"] is not None
+    assert result["cpu_bf16_speedup"] == pytest.approx(bf16 / fp32)
+    anchor = result["anchor_tokens_per_s"]
+    assert result["speedup_vs_anchor"] == pytest.approx(fp32 / anchor)
+    assert result["speedup_vs_anchor_cpu_bf16"] == pytest.approx(bf16 / anchor)

@@ -12,7 +12,13 @@ import torch
 from rasa_hred.core.batching import encode_dialogues
 from rasa_hred.core.checkpoint import load_model
 from rasa_hred.core.evaluation import perplexity, score
-from rasa_hred.core.precision import cpu_has_bf16_units, resolve_dtype
+from rasa_hred.core.model import HRED, DialogueBatch, HREDConfig
+from rasa_hred.core.precision import (
+    BF16_ROW_MULTIPLE,
+    cpu_has_bf16_units,
+    resolve_dtype,
+    stable_row_count,
+)
 from rasa_hred.core.training import TrainingConfig
 from rasa_hred.core.training import autocast as training_autocast
 from rasa_hred.corpora import load_corpus
@@ -124,3 +130,54 @@ def test_training_autocast_on_the_cpu_follows_cpu_bf16(
 def test_training_refuses_other_cpu_bf16_values() -> None:
     with pytest.raises(UserError, match="cpu_bf16 must be true, false or auto, not 'sometimes'"):
         TrainingConfig.from_dict({"cpu_bf16": "sometimes"})
+
+
+def test_bf16_products_on_the_cpu_are_rounded_to_few_row_counts():
+    fp32, bf16 = torch.zeros(2), torch.zeros(2, dtype=torch.bfloat16)
+    assert [stable_row_count(n, fp32) for n in (0, 1, 65)] == [0, 1, 65]
+    assert [stable_row_count(n, bf16) for n in (0, 1, 64, 65)] == [0, 64, 64, 128]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert stable_row_count(65, fp32) == 2 * BF16_ROW_MULTIPLE
+    if torch.cuda.is_available():  # cuBLAS has no per-shape compile to avoid
+        assert stable_row_count(65, bf16.cuda()) == 65
+
+
+def test_padded_bf16_output_rows_give_the_unpadded_logits_and_gradients(monkeypatch):
+    """Under bf16 autocast the output layer runs on a multiple of BF16_ROW_MULTIPLE rows; the
+    real rows' logits and every gradient are those of the real rows alone."""
+    torch.manual_seed(0)
+    config = HREDConfig(
+        vocab_size=40,
+        embedding_size=8,
+        utterance_hidden=12,
+        context_hidden=12,
+        decoder_hidden=12,
+        dropout=0.0,
+    )
+    model = HRED(config)
+    batch = DialogueBatch.from_ids(
+        [[[2, 5, 6, 3], [2, 7, 8, 9, 3], [2, 10, 3]], [[2, 11, 3], [2, 12, 13, 14, 15, 3]]],
+        config.pad_id,
+    )
+    rows_seen: list[int] = []
+    model.output.register_forward_hook(lambda _m, args, _out: rows_seen.append(len(args[0])))
+
+    def logits_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        context, utterances = model._decoded_utterances(batch, "all")
+        inputs, _, mask = model._shift(utterances)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model.teacher_forced_logits(inputs, mask, context)
+        logits.float().square().sum().backward()
+        return logits.detach().float(), [p.grad.clone() for p in model.parameters()]
+
+    padded, padded_grads = logits_and_grads()
+    real_rows = len(padded)  # the modelled tokens: 2 + 4 + 5 after the first turns
+    assert real_rows == 11
+    assert rows_seen == [BF16_ROW_MULTIPLE]
+    monkeypatch.setattr("rasa_hred.core.precision.BF16_ROW_MULTIPLE", 1)
+    alone, alone_grads = logits_and_grads()
+    assert rows_seen[-1] == real_rows
+    torch.testing.assert_close(padded, alone)
+    for with_padding, without in zip(padded_grads, alone_grads):
+        torch.testing.assert_close(with_padding, without)

@@ -146,6 +146,11 @@ def run(
         "anchor_tokens_per_s": 5840 if batch_size == 50 else None,
         "load_avg_1m": load_average(),  # other work on the machine skews CPU figures
     }
-    if result["anchor_tokens_per_s"]:
-        result["speedup_vs_anchor"] = result["tokens_per_s"] / result["anchor_tokens_per_s"]
+    # fp32 and bf16 side by side, as ratios of one run (the machine's speed drifts between runs)
+    if bf16:
+        result["cpu_bf16_speedup"] = bf16["tokens_per_s"] / last["tokens_per_s"]
+    if anchor := result["anchor_tokens_per_s"]:
+        result["speedup_vs_anchor"] = result["tokens_per_s"] / anchor
+        if bf16:
+            result["speedup_vs_anchor_cpu_bf16"] = bf16["tokens_per_s"] / anchor
     return result

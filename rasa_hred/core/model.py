@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rasa_hred.core.fields import check_known_keys
+from rasa_hred.core.precision import stable_row_count
 from rasa_hred.core.recurrent import run_gru, use_stepwise_gru
 from rasa_hred.errors import UserError
 
@@ -488,7 +489,13 @@ class HRED(nn.Module):
                 decoder_inputs, lengths, batch_first=True, enforce_sorted=False
             )
             decoder_out, _ = pad_packed_sequence(self.decoder(packed, hidden)[0], batch_first=True)
-        return self.output_logits(decoder_out[mask], steps[mask], inputs[mask])
+        states, contexts, previous = decoder_out[mask], steps[mask], inputs[mask]
+        count = len(previous)
+        extra = stable_row_count(count, self.output.weight) - count  # few shapes for oneDNN
+        if extra:
+            states, contexts = F.pad(states, (0, 0, 0, extra)), F.pad(contexts, (0, 0, 0, extra))
+            previous = F.pad(previous, (0, extra), value=self.config.pad_id)
+        return self.output_logits(states, contexts, previous)[:count]
 
     def _decoded_utterances(self, batch: DialogueBatch, loss_on: LossOn) -> tuple[Tensor, Tensor]:
         """The utterances to decode [M, W] (trimmed to the longest) and their context vectors
