@@ -43,8 +43,6 @@ PEAK_MB = 200
         ({"bidirectional": "yes"}, "bidirectional must be true or false, not 'yes'"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\), not 1.0"),
         ({"dropout": None}, r"dropout must be a number in \[0, 1\), not None"),
-        ({"word_dropout": -0.1}, r"word_dropout must be in \[0, 1\), not -0.1"),
-        ({"word_dropout": "0.2"}, r"word_dropout must be a number in \[0, 1\), not '0.2'"),
         ({"loss_on": "first"}, "loss_on must be one of all, last, not 'first'"),
         ({"hiden": 8}, "unknown model config keys: hiden"),
         ({"decoder_hidden": 40_000}, "more than the limit of 100,000,000"),

@@ -235,27 +235,6 @@ def test_scheduled_sampling_keeps_targets_and_changes_inputs():
     assert not torch.isclose(sampled["loss_sum"], forced["loss_sum"])
 
 
-def test_word_dropout_hides_input_words_in_training_only():
-    torch.manual_seed(0)
-    model = HRED(tiny_config(word_dropout=0.5))
-    batch = DialogueBatch.from_ids(random_dialogues(64, 50, seed=6), 0)
-    seen: list[torch.Tensor] = []
-    model.embedding.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
-    _, utterances = model._decoded_utterances(batch, "all")
-    inputs, _, mask = model._shift(utterances)
-    model(batch)  # training mode: the decoder reads inputs with words hidden
-    fed = seen[-1]  # the output layer's previous words, the same ids the decoder read
-    first = torch.zeros_like(mask)
-    first[:, 0] = True
-    assert bool((fed[first[mask]] == model.config.bos_id).all())  # <s> is always read
-    hidden_share = float((fed[~first[mask]] == model.config.pad_id).float().mean())
-    assert 0.4 < hidden_share < 0.6
-    model.eval()
-    seen.clear()
-    model(batch)
-    assert torch.equal(seen[-1], inputs[mask])  # evaluation reads every word
-
-
 def _code_corpus(count: int, seed: int) -> list[list[str]]:
     """The reply is determined by the first utterance; the middle one is noise."""
     rng = random.Random(seed)

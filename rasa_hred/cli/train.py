@@ -48,12 +48,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="bidirectional utterance encoder [on]",
     )
     train.add_argument("--dropout", type=float, help="dropout [0.2]")
-    train.add_argument(
-        "--word-dropout",
-        type=float,
-        help="probability of hiding each decoder input word in training, so replies lean on "
-        "the context [0]",
-    )
     train.add_argument("--loss-on", choices=["all", "last"], help="utterances in the loss [all]")
     train.add_argument("--vocab-size", type=int, help="words kept (besides specials) [10000]")
     train.add_argument(

@@ -63,10 +63,6 @@ class HREDConfig:
     decoder_layers: int = 1
     bidirectional: bool = False  # bidirectional utterance encoder (the paper's best variant)
     dropout: float = 0.1
-    # Training only: each decoder input word after <s> is replaced by padding (a zero vector)
-    # with this probability, so the decoder must lean on the context for what it cannot read
-    # (Bowman et al. 2016's word dropout).
-    word_dropout: float = 0.0
     maxout: bool = True  # the paper's maxout output layer; a linear layer when off
     tie_embeddings: bool = True  # output projection shares the input embedding matrix
     loss_on: LossOn = "all"  # "all" utterances after the first (paper), or "last" (@U3)
@@ -90,12 +86,11 @@ class HREDConfig:
         for name in _FLAGS:
             if not isinstance(value := getattr(self, name), bool):
                 raise ModelConfigError(f"{name} must be true or false, not {_show(value)}")
-        for name in _RATES:
-            rate = getattr(self, name)
-            if not isinstance(rate, (int, float)) or isinstance(rate, bool):
-                raise ModelConfigError(f"{name} must be a number in [0, 1), not {_show(rate)}")
-            if not 0.0 <= rate < 1.0:  # NaN fails this too
-                raise ModelConfigError(f"{name} must be in [0, 1), not {rate}")
+        dropout = self.dropout
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
+            raise ModelConfigError(f"dropout must be a number in [0, 1), not {_show(dropout)}")
+        if not 0.0 <= dropout < 1.0:  # NaN fails this too
+            raise ModelConfigError(f"dropout must be in [0, 1), not {dropout}")
         if self.loss_on not in get_args(LossOn):
             raise ModelConfigError(
                 f"loss_on must be one of {', '.join(get_args(LossOn))}, not {_show(self.loss_on)}"
@@ -168,7 +163,6 @@ _SIZES = (
 )
 _TOKEN_IDS = ("pad_id", "bos_id", "eos_id")
 _FLAGS = ("bidirectional", "maxout", "tie_embeddings")
-_RATES = ("dropout", "word_dropout")
 
 
 def _is_int(value: object) -> bool:
@@ -443,8 +437,6 @@ class HRED(nn.Module):
         inputs, targets, mask = self._shift(utterances)
         if sampling_prob > 0.0:
             inputs = self._sample_inputs(inputs, targets, mask, context, sampling_prob)
-        if self.training and self.config.word_dropout > 0.0:
-            inputs = self._drop_words(inputs, mask)
         logits = self.teacher_forced_logits(inputs, mask, context)
         gold = targets[mask]
         loss_sum = F.cross_entropy(logits.float(), gold, reduction="sum")
@@ -525,13 +517,6 @@ class HRED(nn.Module):
         """Decoder inputs, targets and the mask of real targets from ``<s> .. </s>`` rows."""
         inputs, targets = utterances[:, :-1], utterances[:, 1:]
         return inputs, targets, targets != self.config.pad_id
-
-    def _drop_words(self, inputs: Tensor, mask: Tensor) -> Tensor:
-        """``inputs`` with each real word after ``<s>`` replaced by padding with probability
-        ``word_dropout``; the padding id embeds to zeros, in the decoder and the output layer."""
-        dropped = (torch.rand(inputs.shape, device=inputs.device) < self.config.word_dropout) & mask
-        dropped[:, 0] = False
-        return inputs.masked_fill(dropped, self.config.pad_id)
 
     @torch.no_grad()
     def _sample_inputs(

@@ -70,7 +70,6 @@ class TrainingConfig:
     decoder_layers: int = 1
     bidirectional: bool = True
     dropout: float = 0.2
-    word_dropout: float = 0.0  # decoder input words dropped in training (HREDConfig)
     maxout: bool = True
     tie_embeddings: bool = True
     loss_on: str = "all"
@@ -130,7 +129,6 @@ class TrainingConfig:
             decoder_layers=self.decoder_layers,
             bidirectional=self.bidirectional,
             dropout=self.dropout,
-            word_dropout=self.word_dropout,
             maxout=self.maxout,
             tie_embeddings=self.tie_embeddings,
             loss_on=self.loss_on,  # type: ignore[arg-type]
