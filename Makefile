@@ -28,7 +28,7 @@ help:
 	@echo "make shell  - chat with the trained assistant in the terminal (rasa shell)"
 	@echo "make samples - replay docs/sample_scripts.yml through $(MODEL) into README.md's Sample conversations"
 	@echo "make train  - (re)train the demo assistant, HRED included, into $(MODEL)"
-	@echo "make train-strong - a larger HRED on the demo's corpora (hours on 2 cores) into models/hred-strong"
+	@echo "make train-strong - the demo HRED trained for up to 10 epochs (about 9 min each on 2 cores) into models/hred-strong"
 	@echo "make serve  - the HRED NLG server for the demo model on 127.0.0.1:$(NLG_PORT)"
 	@echo "make run-nlg - the demo assistant with generation in the NLG server (both processes)"
 	@echo "make run-scaled - Redis, the NLG server and two rasa run replicas on $(PORT) and $(PORT)+1"
@@ -70,7 +70,7 @@ $(MODEL): $(STAMP) $(TRAINING_DATA)
 
 train: $(MODEL)
 
-# A larger HRED on the demo's corpora, for users who can wait (configs/demo-strong.yaml says
+# The demo HRED trained for longer, for users who can wait (configs/demo-strong.yaml says
 # how to use it). Ctrl-C stops after the current batch; `make train-strong` again resumes.
 train-strong: $(STAMP)
 	$(BIN)/rasa-hred train --config configs/demo-strong.yaml \
