@@ -39,15 +39,21 @@ def test_defaults_are_the_issues_shapes():
     assert serve.clients == [1, 8, 32, 128] and serve.batching == "both"
 
 
-def test_bench_generate_tiny(capsys):
+def _bench_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    """``rasa-hred bench ARGV --device cpu --threads 1 --json``'s object (the process's torch
+    thread count is restored afterwards)."""
     threads = torch.get_num_threads()
     try:
-        argv = ["bench", "generate", "--device", "cpu", "--threads", "1", "--beams", "2"]
-        code = main([*argv, "--contexts", "3", "--latency-runs", "2", "--json"])
+        code = main(["bench", *argv, "--device", "cpu", "--threads", "1", "--json"])
     finally:
         torch.set_num_threads(threads)
     assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_generate_tiny(capsys):
+    argv = ["generate", "--beams", "2", "--contexts", "3", "--latency-runs", "2"]
+    result = _bench_json(capsys, *argv)
     assert result["device"] == "cpu"
     assert result["auto_dtype"] == AUTO
     assert result["steps"] == 20
@@ -115,14 +121,8 @@ def test_bench_serve_tiny(capsys):
 
 @pytest.mark.slow  # about 20 optimisation steps of the seed-sized model
 def test_bench_train_prints_fp32_and_bf16_side_by_side(capsys):
-    threads = torch.get_num_threads()
-    try:
-        argv = ["bench", "train", "--device", "cpu", "--threads", "1", "--batch-size", "50"]
-        code = main([*argv, "--dialogues", "200", "--seconds", "0.01", "--json"])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    argv = ["train", "--batch-size", "50", "--dialogues", "200", "--seconds", "0.01"]
+    result = _bench_json(capsys, *argv)
     fp32, bf16 = result["tokens_per_s"], result["tokens_per_s_cpu_bf16"]
     assert fp32 > 0 and bf16 > 0 and result["load_avg_1m"] is not None
     assert result["cpu_bf16_speedup"] == pytest.approx(bf16 / fp32)
