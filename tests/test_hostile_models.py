@@ -189,10 +189,10 @@ def test_the_policy_turns_every_load_error_into_a_policy_error(tmp_path, fields,
 
 
 @pytest.mark.parametrize(
-    "bidirectional, maxout, tie, layers",
-    list(itertools.product([False, True], [False, True], [False, True], [1, 2])),
+    "bidirectional, maxout, tie, layers, attention",
+    list(itertools.product([False, True], [False, True], [False, True], [1, 2], [False, True])),
 )
-def test_the_config_knows_the_models_shapes(bidirectional, maxout, tie, layers):
+def test_the_config_knows_the_models_shapes(bidirectional, maxout, tie, layers, attention):
     """``HREDConfig.parameter_shapes`` (what a weights file is checked against, and the size
     bound) is exactly the state dict of the model built from it."""
     config = HREDConfig(
@@ -207,6 +207,7 @@ def test_the_config_knows_the_models_shapes(bidirectional, maxout, tie, layers):
         bidirectional=bidirectional,
         maxout=maxout,
         tie_embeddings=tie,
+        attention=attention,
     )
     model = HRED(config)
     shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}

@@ -54,9 +54,10 @@ def test_untrained_loss_is_close_to_log_vocabulary(bidirectional, maxout):
     assert abs(mean - math.log(vocab_size)) < 0.1 * math.log(vocab_size)
 
 
-def test_outputs_before_t_do_not_depend_on_tokens_at_or_after_t():
+@pytest.mark.parametrize("attention", [False, True])
+def test_outputs_before_t_do_not_depend_on_tokens_at_or_after_t(attention):
     torch.manual_seed(0)
-    model = HRED(tiny_config()).eval()
+    model = HRED(tiny_config(attention=attention)).eval()
     dialogues = random_dialogues(6, 50, seed=1)
     for d in dialogues:
         d[-1] = [2, *range(10, 22), 3]  # a long last utterance to edit
@@ -70,9 +71,10 @@ def test_outputs_before_t_do_not_depend_on_tokens_at_or_after_t():
     assert mask.all()
 
 
-def test_each_dialogue_is_decoded_with_its_own_context():
+@pytest.mark.parametrize("attention", [False, True])
+def test_each_dialogue_is_decoded_with_its_own_context(attention):
     torch.manual_seed(0)
-    model = HRED(tiny_config()).eval()
+    model = HRED(tiny_config(attention=attention)).eval()
     dialogues = random_dialogues(8, 50, seed=2)
     together, _ = model.token_log_probs(DialogueBatch.from_ids(dialogues, 0), "all")
     rows = []
@@ -84,14 +86,17 @@ def test_each_dialogue_is_decoded_with_its_own_context():
         torch.testing.assert_close(row[:n], alone[:n], atol=1e-5, rtol=1e-5)
 
 
-def test_step_api_matches_teacher_forcing():
+@pytest.mark.parametrize("attention", [False, True])
+def test_step_api_matches_teacher_forcing(attention):
+    """Decoding reads the context (and its words) as training does."""
     torch.manual_seed(0)
-    model = HRED(tiny_config(bidirectional=True)).eval()
-    dialogue = random_dialogues(1, 50, seed=3)[0]
+    model = randomise_biases(HRED(tiny_config(bidirectional=True, attention=attention))).eval()
+    dialogue = [[2, 7, 8, 9, 3], [2, 10, 11, 3], *random_dialogues(1, 50, seed=3)[0]]
     forced, _ = model.token_log_probs(DialogueBatch.from_ids([dialogue], 0), "last")
     with torch.no_grad():
-        context = model.context_vectors([dialogue[:-1]])
-        decoder = model.start_decoding(context)
+        context, memory = model.encode_contexts([dialogue[:-1]])
+        assert (memory is not None) == attention
+        decoder = model.start_decoding(context, memory)
         hidden = decoder.initial_hidden()
         target = dialogue[-1]
         stepped = []
@@ -111,33 +116,39 @@ def randomise_biases(model: HRED) -> HRED:
 
 
 @pytest.mark.parametrize(
-    ("layers", "maxout", "tie", "dtype"),
+    ("layers", "maxout", "tie", "dtype", "attention"),
     [
-        (1, True, True, torch.float32),  # oneDNN-prepacked weights (on CPUs with oneDNN)
-        (2, True, False, torch.float32),
-        (1, False, False, torch.float32),
-        (3, False, True, torch.float32),
-        (2, True, False, torch.float64),  # plain matrix products
-        (1, False, True, torch.float64),
+        (1, True, True, torch.float32, False),  # oneDNN-prepacked weights (CPUs with oneDNN)
+        (2, True, False, torch.float32, False),
+        (1, False, False, torch.float32, False),
+        (3, False, True, torch.float32, False),
+        (2, True, False, torch.float64, False),  # plain matrix products
+        (1, False, True, torch.float64, False),
+        (1, True, True, torch.float32, True),
+        (2, False, False, torch.float64, True),
     ],
 )
-def test_decoder_step_equals_the_full_gru_reference(layers, maxout, tie, dtype):
+def test_decoder_step_equals_the_full_gru_reference(layers, maxout, tie, dtype, attention):
     torch.manual_seed(layers)
-    config = tiny_config(decoder_layers=layers, maxout=maxout, tie_embeddings=tie)
+    config = tiny_config(
+        decoder_layers=layers, maxout=maxout, tie_embeddings=tie, attention=attention
+    )
     model = randomise_biases(HRED(config)).to(dtype).eval()
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
     with torch.inference_mode():
-        context = torch.randn(3, config.context_hidden, dtype=dtype)
-        decoder = model.start_decoding(context)
+        # the first context is empty: its row attends to nothing
+        context, memory = model.encode_contexts([[], [[2, 9, 10, 3]], [[2, 5, 3], [2, 7, 8, 3]]])
+        decoder = model.start_decoding(context, memory)
         decoder.repeat(2)
         rows = context.repeat_interleave(2, dim=0)
+        row_memory = memory.select(torch.arange(3).repeat_interleave(2)) if memory else None
         hidden = decoder.initial_hidden()
         want_hidden = model.initial_decoder_state(rows)
         torch.testing.assert_close(hidden, want_hidden)
         previous = torch.tensor([2, 2, 9, 17, 30, 49])
         for order in ([0, 1, 2, 3, 4, 5], [5, 5, 0, 3, 1, 2], [1, 0, 4]):
             got, hidden = decoder.step(previous, hidden)
-            want, want_hidden = reference_step(model, previous, want_hidden, rows)
+            want, want_hidden = reference_step(model, previous, want_hidden, rows, row_memory)
             assert got.dtype == torch.float32 and got.shape == (len(previous), config.vocab_size)
             torch.testing.assert_close(got, want, **tolerance)
             torch.testing.assert_close(hidden, want_hidden, **tolerance)
@@ -145,6 +156,7 @@ def test_decoder_step_equals_the_full_gru_reference(layers, maxout, tie, dtype):
             index = torch.tensor(order)
             decoder.select(index)
             rows = rows[index]
+            row_memory = row_memory.select(index) if row_memory else None
             hidden, want_hidden = hidden.index_select(1, index), want_hidden.index_select(1, index)
             previous = got.argmax(-1)[index]
 
@@ -190,22 +202,31 @@ def test_decoder_step_under_bf16_autocast_stays_close_to_the_reference():
     torch.testing.assert_close(got, want, atol=5e-2, rtol=1e-2)
 
 
-def test_teacher_forced_pass_equals_the_unpacked_reference():
+@pytest.mark.parametrize("attention", [False, True])
+def test_teacher_forced_pass_equals_the_unpacked_reference(attention):
     torch.manual_seed(0)
-    model = randomise_biases(HRED(tiny_config(decoder_layers=2))).eval()
+    model = randomise_biases(HRED(tiny_config(decoder_layers=2, attention=attention))).eval()
     lengths = [5, 0, 2, 7]  # a row with nothing to predict is allowed (MMI scores empty replies)
     inputs = torch.randint(7, 50, (len(lengths), max(lengths)))
     inputs[:, 0] = 2
     targets = torch.randint(7, 50, inputs.shape)
     mask = torch.arange(inputs.size(1)) < torch.tensor(lengths).unsqueeze(1)
-    context = torch.randn(len(lengths), model.config.context_hidden)
     with torch.inference_mode():
-        got = model.target_log_probs(inputs, targets, mask, context)
-        reference = reference_log_probs(model, inputs, context)
+        context, memory = model.encode_contexts(
+            [[[2, 9, 3]], [[2, 11, 12, 3]], [], [[2, 5, 3], [2, 6, 7, 8, 3]]]
+        )
+        got = model.target_log_probs(inputs, targets, mask, context, memory)
+        reference = reference_log_probs(model, inputs, context, memory)
     want = reference.gather(2, targets.unsqueeze(2)).squeeze(2) * mask
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     with torch.inference_mode():
-        nothing = model.target_log_probs(inputs[1:2], targets[1:2], mask[1:2], context[1:2])
+        nothing = model.target_log_probs(
+            inputs[1:2],
+            targets[1:2],
+            mask[1:2],
+            context[1:2],
+            memory.select(torch.tensor([1])) if memory else None,
+        )
     assert nothing.shape == (1, inputs.size(1)) and not nothing.any()
 
 
@@ -214,6 +235,54 @@ def test_empty_context_gives_zero_context_vector():
     vectors = model.context_vectors([[], [[2, 9, 3]]])
     assert torch.count_nonzero(vectors[0]) == 0
     assert torch.count_nonzero(vectors[1]) > 0
+
+
+def test_attention_memory_holds_every_context_word_and_nothing_else():
+    model = HRED(tiny_config(attention=True)).eval()
+    contexts = [[], [[2, 9, 3]], [[2, 9, 10, 11, 3], [2, 12, 3]]]
+    with torch.no_grad():
+        _, memory = model.encode_contexts(contexts)
+    assert memory is not None
+    assert memory.mask.sum(1).tolist() == [0, 3, 8]  # <s> and </s> are words the encoder read
+    assert torch.count_nonzero(memory.states[0]) == 0
+    assert model.encode_contexts([[], []])[1] is None
+    assert HRED(tiny_config()).encode_contexts(contexts)[1] is None  # no attention, no memory
+
+
+def test_a_target_turn_attends_only_to_the_turns_before_it():
+    """Training decodes every turn of a dialogue at once: turn 1 must not read the words of
+    turns 2 and 3, which the same memory holds for the later targets."""
+    torch.manual_seed(0)
+    model = randomise_biases(HRED(tiny_config(attention=True))).eval()
+    dialogue = [[2, 7, 8, 3], [2, 9, 10, 11, 3], [2, 12, 13, 3], [2, 14, 15, 16, 3]]
+    edited = [dialogue[0], dialogue[1], [2, 40, 41, 42, 43, 44, 3], dialogue[3]]
+    with torch.no_grad():
+        before, mask = model.token_log_probs(DialogueBatch.from_ids([dialogue], 0), "all")
+        after, _ = model.token_log_probs(DialogueBatch.from_ids([edited], 0), "all")
+    turn_1 = int(mask[0].sum())
+    torch.testing.assert_close(before[0, :turn_1], after[0, :turn_1])
+    assert not torch.allclose(before[2, :4], after[2, :4])  # turn 3 reads the edited turn 2
+
+
+def test_attention_reaches_the_reply_beyond_the_context_state():
+    """With the context vector held fixed, the words in memory still change the reply's
+    scores (and with no memory the attended words are zeros, as for an empty context)."""
+    torch.manual_seed(0)
+    model = randomise_biases(HRED(tiny_config(attention=True))).eval()
+    with torch.no_grad():
+        context, memory = model.encode_contexts([[[2, 9, 10, 3]], [[2, 30, 31, 32, 3]]])
+        assert memory is not None
+        swapped = memory.select(torch.tensor([1, 0]))
+        previous = torch.tensor([2, 2])
+        steps = model.start_decoding(context, memory)
+        own, _ = steps.step(previous, steps.initial_hidden())
+        steps = model.start_decoding(context, swapped)
+        other, _ = steps.step(previous, steps.initial_hidden())
+        steps = model.start_decoding(context, None)
+        none, _ = steps.step(previous, steps.initial_hidden())
+        want, _ = reference_step(model, previous, model.initial_decoder_state(context), context)
+    assert not torch.allclose(own, other)
+    torch.testing.assert_close(none, want, atol=1e-5, rtol=1e-5)
 
 
 def test_loss_on_last_scores_only_last_utterances():

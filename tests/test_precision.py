@@ -164,7 +164,7 @@ def test_padded_bf16_output_rows_give_the_unpadded_logits_and_gradients(monkeypa
 
     def logits_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.zero_grad()
-        context, utterances = model._decoded_utterances(batch, "all")
+        context, utterances, _ = model._decoded_utterances(batch, "all")
         inputs, _, mask = model._shift(utterances)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model.teacher_forced_logits(inputs, mask, context)

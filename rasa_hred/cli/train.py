@@ -47,6 +47,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="bidirectional utterance encoder [on]",
     )
+    train.add_argument(
+        "--attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the reply attends to every word of the context, not only to its summary [off]",
+    )
     train.add_argument("--dropout", type=float, help="dropout [0.2]")
     train.add_argument("--loss-on", choices=["all", "last"], help="utterances in the loss [all]")
     train.add_argument("--vocab-size", type=int, help="words kept (besides specials) [10000]")

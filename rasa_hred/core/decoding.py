@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from rasa_hred.core.fields import check_known_keys
-from rasa_hred.core.model import HRED
+from rasa_hred.core.model import HRED, Memory
 from rasa_hred.core.vocab import BOS, PAD, PLACEHOLDERS, SPECIAL_TOKENS, UNK, Vocabulary
 from rasa_hred.errors import UserError
 
@@ -294,13 +294,18 @@ class _Pool:
 
 
 def _beam_search(
-    model: HRED, context: Tensor, config: DecodingConfig, masker: _Masker, keep: int
+    model: HRED,
+    context: Tensor,
+    memory: Memory | None,
+    config: DecodingConfig,
+    masker: _Masker,
+    keep: int,
 ) -> list[list[Hypothesis]]:
     c = model.config
     device = context.device
     num_items, beams, vocab = context.size(0), config.beam_size, c.vocab_size
     max_length = masker.max_length
-    decoder = model.start_decoding(context)
+    decoder = model.start_decoding(context, memory)
     decoder.repeat(beams)
     hidden = decoder.initial_hidden()
     rows_total = num_items * beams
@@ -416,6 +421,7 @@ def _beam_search(
 def _greedy_or_sample(
     model: HRED,
     context: Tensor,
+    memory: Memory | None,
     config: DecodingConfig,
     masker: _Masker,
     samples: int,
@@ -430,7 +436,7 @@ def _greedy_or_sample(
     device = context.device
     num_items = context.size(0)
     greedy = config.method == "greedy"
-    decoder = model.start_decoding(context)
+    decoder = model.start_decoding(context, memory)
     decoder.repeat(samples)
     hidden = decoder.initial_hidden()
     rows_total = num_items * samples
@@ -605,14 +611,14 @@ def decode(
     with torch.inference_mode(), _eval_mode(model):
         for start in range(0, len(contexts), chunk):
             part = [[list(u) for u in ctx] for ctx in contexts[start : start + chunk]]
-            vectors = model.context_vectors(part)
+            vectors, memory = model.encode_contexts(part)
             if config.method == "beam":
-                found = _beam_search(model, vectors, config, masker, keep)
+                found = _beam_search(model, vectors, memory, config, masker, keep)
             else:
                 seeds = None
                 if config.method == "sample" and config.seed is not None:
                     seeds = [context_seed(config.seed, context) for context in part]
-                found = _greedy_or_sample(model, vectors, config, masker, keep, seeds)
+                found = _greedy_or_sample(model, vectors, memory, config, masker, keep, seeds)
             if config.mmi_lambda > 0:
                 found = _apply_mmi(model, found, config)
             results.extend(hyps[: config.n_best] for hyps in found)

@@ -10,6 +10,11 @@ from the context state after turns ``0..t-1``; the decoder input is the utteranc
 last token and the target is the utterance without its first, so the prediction for token
 ``k + 1`` sees tokens ``0..k`` and nothing later (the seed compared output ``k`` with input
 ``k`` and learned to copy).
+
+With ``attention`` on, the output layer also reads the utterance encoder's word states of
+the context, weighted by the decoder state (``Memory``, ``attend``): turn ``t`` reads the words
+of turns ``0..t-1`` only, in training (one memory per dialogue, masked per target turn) as in
+decoding (``encode_contexts``).
 """
 
 from __future__ import annotations
@@ -66,6 +71,10 @@ class HREDConfig:
     maxout: bool = True  # the paper's maxout output layer; a linear layer when off
     tie_embeddings: bool = True  # output projection shares the input embedding matrix
     loss_on: LossOn = "all"  # "all" utterances after the first (paper), or "last" (@U3)
+    # The output layer also reads the context's words, weighted by the decoder state (Luong
+    # et al. 2015): a word from three turns back reaches the reply without first being
+    # squeezed through the one context state.
+    attention: bool = False
 
     def __post_init__(self) -> None:
         """Every field's type and range, and the model's size, before any layer is built: a
@@ -117,6 +126,8 @@ class HREDConfig:
         embedding, vocab = self.embedding_size, self.vocab_size
         hidden, layers = self.decoder_hidden, self.decoder_layers
         outputs = (2 if self.maxout else 1) * embedding
+        attended = self.attended_size()
+        attention = {"attention_query.weight": (attended, hidden)} if attended else {}
         return {
             "embedding.weight": (vocab, embedding),
             **_gru_shapes(
@@ -136,11 +147,23 @@ class HREDConfig:
             "decoder_init.weight": (layers * hidden, self.context_hidden),
             "decoder_init.bias": (layers * hidden,),
             **_gru_shapes("decoder", embedding + self.context_hidden, hidden, layers, 1),
-            "output_hidden.weight": (outputs, hidden + self.context_hidden + embedding),
+            **attention,
+            "output_hidden.weight": (
+                outputs,
+                hidden + self.context_hidden + embedding + attended,
+            ),
             "output_hidden.bias": (outputs,),
             "output.weight": (vocab, embedding),
             "output.bias": (vocab,),
         }
+
+    def utterance_size(self) -> int:
+        """The width of an encoded utterance, and of each word state the encoder leaves."""
+        return self.utterance_hidden * (2 if self.bidirectional else 1)
+
+    def attended_size(self) -> int:
+        """The width of the attended context words the output layer reads (0: no attention)."""
+        return self.utterance_size() if self.attention else 0
 
     def parameter_count(self) -> int:
         """``HRED(self).num_parameters()`` without building it (a tied output layer shares
@@ -162,7 +185,7 @@ _SIZES = (
     "decoder_layers",
 )
 _TOKEN_IDS = ("pad_id", "bos_id", "eos_id")
-_FLAGS = ("bidirectional", "maxout", "tie_embeddings")
+_FLAGS = ("bidirectional", "maxout", "tie_embeddings", "attention")
 
 
 def _is_int(value: object) -> bool:
@@ -224,6 +247,37 @@ class DialogueBatch:
         return int(self.lengths.sum())
 
 
+@dataclass
+class Memory:
+    """The words of each row's context, for attention: the utterance encoder's state at every
+    word of every context utterance, [R, S, utterance_size], and which of the S are real."""
+
+    states: Tensor
+    mask: Tensor  # [R, S] bool
+
+    def select(self, rows: Tensor) -> Memory:
+        return Memory(self.states.index_select(0, rows), self.mask.index_select(0, rows))
+
+
+def attend(query: Tensor, memory: Memory | None, size: int) -> Tensor:
+    """The memory's word states averaged with softmax weights of their dot products with
+    ``query`` ([R, D] or [R, W, D]); zeros for a row with no words (an empty context) or
+    no memory at all. Runs in float32: bf16 products of new shapes each cost a oneDNN
+    kernel compilation on the CPU, and these shapes change with every batch."""
+    if memory is None:
+        return query.new_zeros(*query.shape[:-1], size)
+    single = query.dim() == 2
+    queries = query.unsqueeze(1) if single else query
+    device = query.device.type
+    with torch.autocast(device, enabled=False):
+        states = memory.states.float()
+        scores = torch.bmm(queries.float(), states.transpose(1, 2)) * size**-0.5  # [R, W, S]
+        scores = scores.masked_fill(~memory.mask.unsqueeze(1), torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1) * memory.mask.any(1).view(-1, 1, 1)
+        out = torch.bmm(weights, states).to(query.dtype)
+    return out.squeeze(1) if single else out
+
+
 @dataclass(frozen=True)
 class _Columns:
     """Named column blocks of a layer whose input is a concatenation. The field order is the
@@ -248,6 +302,7 @@ class OutputInput(_Columns, Generic[T]):
     state: T  # the decoder's last layer
     context: T
     word: T  # the previous word's embedding
+    attended: T  # the context's words under attention (no columns without attention)
 
 
 class Dropout(nn.Module):
@@ -297,7 +352,11 @@ class HRED(nn.Module):
             batch_first=True,
             dropout=c.dropout if c.decoder_layers > 1 else 0.0,
         )
-        # output layer over the decoder state, the context and the previous word
+        # attention: the decoder state asks which context words matter for the next word
+        if c.attention:
+            self.attention_query = nn.Linear(c.decoder_hidden, c.attended_size(), bias=False)
+        # output layer over the decoder state, the context, the previous word (and the
+        # attended context words)
         pieces = 2 if c.maxout else 1
         self.output_hidden = nn.Linear(
             sum(self.output_input_sizes().in_order()), pieces * c.embedding_size
@@ -334,7 +393,12 @@ class HRED(nn.Module):
 
     def output_input_sizes(self) -> OutputInput[int]:
         c = self.config
-        return OutputInput(state=c.decoder_hidden, context=c.context_hidden, word=c.embedding_size)
+        return OutputInput(
+            state=c.decoder_hidden,
+            context=c.context_hidden,
+            word=c.embedding_size,
+            attended=c.attended_size(),
+        )
 
     def decoder_input_weights(self) -> DecoderInput[Tensor]:
         """The first decoder layer's input weights as word and context column blocks (views)."""
@@ -349,9 +413,17 @@ class HRED(nn.Module):
     def decoder_input(self, word: Tensor, context: Tensor) -> Tensor:
         return torch.cat(DecoderInput(word=word, context=context).in_order(), dim=-1)
 
-    def output_logits(self, decoder_state: Tensor, context: Tensor, previous: Tensor) -> Tensor:
-        """Logits from the decoder state, context and previous word (rows are positions)."""
-        parts = OutputInput(state=decoder_state, context=context, word=self.embedding(previous))
+    def output_logits(
+        self, decoder_state: Tensor, context: Tensor, previous: Tensor, attended: Tensor
+    ) -> Tensor:
+        """Logits from the decoder state, context, previous word and attended context words
+        (rows are positions; ``attended`` has no columns without attention)."""
+        parts = OutputInput(
+            state=decoder_state,
+            context=context,
+            word=self.embedding(previous),
+            attended=attended,
+        )
         hidden = self.output_hidden(self.dropout(torch.cat(parts.in_order(), dim=-1)))
         return self.output(self.dropout(self.output_activation(hidden)))
 
@@ -363,21 +435,44 @@ class HRED(nn.Module):
 
     # --- encoding -------------------------------------------------------------------------
 
-    def encode_utterances(self, utterances: Tensor, lengths: Tensor) -> Tensor:
-        """[N, L] token ids -> [N, utterance_size]: the last layer's final state(s)."""
+    def encode_utterances(self, utterances: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """[N, L] token ids -> [N, utterance_size], the last layer's final state(s), and the
+        word states [N, L', utterance_size] (L' the longest length; zeros past each)."""
         if use_stepwise_gru(utterances):  # training on a CPU: see core/recurrent.py
             embedded = self.dropout(self.embedding(utterances))
-            _, hidden = run_gru(self.utterance_encoder, embedded, lengths.cpu())
+            words, hidden = run_gru(self.utterance_encoder, embedded, lengths.cpu())
         else:
             # Pack the ids first: padding is then never embedded, dropped out or run.
             ids = pack_padded_sequence(
                 utterances, lengths.cpu(), batch_first=True, enforce_sorted=False
             )
             packed = ids._replace(data=self.dropout(self.embedding(ids.data)))
-            _, hidden = self.utterance_encoder(packed)  # [layers * directions, N, H]
+            out, hidden = self.utterance_encoder(packed)  # [layers * directions, N, H]
+            words = pad_packed_sequence(out, batch_first=True)[0]
         if self.config.bidirectional:
-            return torch.cat([hidden[-2], hidden[-1]], dim=-1)
-        return hidden[-1]
+            return torch.cat([hidden[-2], hidden[-1]], dim=-1), words
+        return hidden[-1], words
+
+    def context_memory(
+        self, words: Tensor, lengths: Tensor, turns: Tensor, dialogues: Tensor, before: Tensor
+    ) -> Memory | None:
+        """The attention memory of rows that each read dialogue ``dialogues[m]``'s context
+        utterances ``0 .. before[m] - 1``, from the word states [N, L, D] of every context
+        utterance (flattened dialogue-major, ``turns[b]`` of them for dialogue ``b``)."""
+        if not self.config.attention:
+            return None
+        batch, most = len(turns), int(turns.max())
+        width = words.size(1)
+        device = words.device
+        cells = torch.arange(most).unsqueeze(0) < turns.unsqueeze(1)  # [B, T]
+        grid = words.new_zeros(batch, most, width, words.size(-1))
+        grid[cells.to(device)] = words
+        real = torch.zeros(batch, most, width, dtype=torch.bool)
+        real[cells] = torch.arange(width).unsqueeze(0) < lengths.cpu().unsqueeze(1)
+        readable = torch.arange(most).unsqueeze(0) < before.cpu().unsqueeze(1)  # [M, T]
+        mask = (real[dialogues.cpu()] & readable.unsqueeze(2)).flatten(1)
+        states = grid.flatten(1, 2).index_select(0, dialogues.to(device))
+        return Memory(states, mask.to(device))
 
     def encode_context(self, utterance_vectors: Tensor, turns: Tensor) -> Tensor:
         """Flattened utterance vectors -> context states [B, T, context_hidden].
@@ -393,23 +488,40 @@ class HRED(nn.Module):
         return states
 
     def context_vectors(self, contexts: list[list[list[int]]]) -> Tensor:
-        """Token-id contexts (each a list of ``<s> .. </s>`` utterances) -> [B, Hc].
+        """Token-id contexts (each a list of ``<s> .. </s>`` utterances) -> [B, Hc]."""
+        return self.encode_contexts(contexts)[0]
 
-        An empty context gives the context encoder's initial (zero) state, so the decoder
-        still produces an opener.
+    def encode_contexts(self, contexts: list[list[list[int]]]) -> tuple[Tensor, Memory | None]:
+        """Token-id contexts (each a list of ``<s> .. </s>`` utterances) -> their context
+        vectors [B, Hc] and, with attention, the memory of their words: what
+        ``start_decoding`` decodes from.
+
+        An empty context gives the context encoder's initial (zero) state and no words, so
+        the decoder still produces an opener.
         """
         weight = self.embedding.weight  # the context comes out in the model's dtype
         device = weight.device
         out = weight.new_zeros(len(contexts), self.config.context_hidden)
         present = [i for i, ctx in enumerate(contexts) if ctx]
         if not present:
-            return out
+            return out, None
         batch = DialogueBatch.from_ids([contexts[i] for i in present], self.config.pad_id)
-        vectors = self.encode_utterances(batch.utterances.to(device), batch.lengths)
+        vectors, words = self.encode_utterances(batch.utterances.to(device), batch.lengths)
         states = self.encode_context(vectors, batch.turns)
         last = states[torch.arange(len(present)), (batch.turns - 1).to(device)]
-        out[torch.tensor(present, device=device)] = last.to(out.dtype)
-        return out
+        rows = torch.tensor(present, device=device)
+        out[rows] = last.to(out.dtype)
+        found = self.context_memory(
+            words, batch.lengths, batch.turns, torch.arange(len(present)), batch.turns
+        )
+        if found is None:
+            return out, None
+        memory = Memory(
+            found.states.new_zeros(len(contexts), *found.states.shape[1:]),
+            found.mask.new_zeros(len(contexts), found.mask.size(1)),
+        )
+        memory.states[rows], memory.mask[rows] = found.states, found.mask
+        return out, memory
 
     def initial_decoder_state(self, context: Tensor) -> Tensor:
         """[B, Hc] -> [decoder_layers, B, Hd] = tanh(W c)."""
@@ -433,11 +545,13 @@ class HRED(nn.Module):
         after ``<s>`` is replaced by the model's prediction with that probability (a uniform
         coin per token) and the loss is taken on a second pass.
         """
-        context, utterances = self._decoded_utterances(batch, loss_on or self.config.loss_on)
+        context, utterances, memory = self._decoded_utterances(
+            batch, loss_on or self.config.loss_on
+        )
         inputs, targets, mask = self._shift(utterances)
         if sampling_prob > 0.0:
-            inputs = self._sample_inputs(inputs, targets, mask, context, sampling_prob)
-        logits = self.teacher_forced_logits(inputs, mask, context)
+            inputs = self._sample_inputs(inputs, targets, mask, context, memory, sampling_prob)
+        logits = self.teacher_forced_logits(inputs, mask, context, memory)
         gold = targets[mask]
         loss_sum = F.cross_entropy(logits.float(), gold, reduction="sum")
         # The argmax over the vocabulary is only needed for evaluation's error rate.
@@ -451,26 +565,34 @@ class HRED(nn.Module):
 
         Rows are the decoded utterances in batch order (as ``forward`` models them).
         """
-        context, utterances = self._decoded_utterances(batch, loss_on)
+        context, utterances, memory = self._decoded_utterances(batch, loss_on)
         inputs, targets, mask = self._shift(utterances)
-        return self.target_log_probs(inputs, targets, mask, context), mask
+        return self.target_log_probs(inputs, targets, mask, context, memory), mask
 
     def target_log_probs(
-        self, inputs: Tensor, targets: Tensor, mask: Tensor, context: Tensor
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        mask: Tensor,
+        context: Tensor,
+        memory: Memory | None = None,
     ) -> Tensor:
         """log p(``targets``) under teacher forcing, [M, W]; 0 where ``mask`` is False.
 
-        Decoding's MMI pass scores replies with it (a zero context: the language model)."""
-        logits = self.teacher_forced_logits(inputs, mask, context)
+        Decoding's MMI pass scores replies with it (a zero context and no memory: the
+        language model)."""
+        logits = self.teacher_forced_logits(inputs, mask, context, memory)
         log_probs = F.log_softmax(logits.float(), dim=-1)
         out = torch.zeros(targets.shape, device=targets.device)
         out[mask] = log_probs.gather(1, targets[mask].unsqueeze(1)).squeeze(1)
         return out
 
-    def teacher_forced_logits(self, inputs: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+    def teacher_forced_logits(
+        self, inputs: Tensor, mask: Tensor, context: Tensor, memory: Memory | None = None
+    ) -> Tensor:
         """Logits [K, V] at the K real target positions (``mask``, a prefix of each row) of
         [M, W] decoder ``inputs`` (``<s>`` and the words so far), row m decoded from
-        ``context[m]``. Padded steps are never run."""
+        ``context[m]`` (and, with attention, ``memory`` row m). Padded steps are never run."""
         lengths = mask.sum(1).cpu()
         if not bool(lengths.all()):  # rows with nothing to predict cannot be packed
             rows = lengths.nonzero().squeeze(1)
@@ -478,6 +600,7 @@ class HRED(nn.Module):
                 return context.new_zeros(0, self.config.vocab_size)
             lengths, device_rows = lengths[rows], rows.to(inputs.device)
             inputs, mask, context = inputs[device_rows], mask[device_rows], context[device_rows]
+            memory = memory.select(device_rows) if memory is not None else None
         hidden = self.initial_decoder_state(context)
         embedded = self.dropout(self.embedding(inputs))
         steps = context.unsqueeze(1).expand(-1, inputs.size(1), -1)
@@ -489,29 +612,45 @@ class HRED(nn.Module):
                 decoder_inputs, lengths, batch_first=True, enforce_sorted=False
             )
             decoder_out, _ = pad_packed_sequence(self.decoder(packed, hidden)[0], batch_first=True)
+        size = self.config.attended_size()
+        if size:
+            attended = attend(self.attention_query(decoder_out), memory, size)[mask]
+        else:
+            attended = decoder_out.new_zeros(int(mask.sum()), 0)
         states, contexts, previous = decoder_out[mask], steps[mask], inputs[mask]
         count = len(previous)
         extra = stable_row_count(count, self.output.weight) - count  # few shapes for oneDNN
         if extra:
             states, contexts = F.pad(states, (0, 0, 0, extra)), F.pad(contexts, (0, 0, 0, extra))
+            attended = F.pad(attended, (0, 0, 0, extra))
             previous = F.pad(previous, (0, extra), value=self.config.pad_id)
-        return self.output_logits(states, contexts, previous)[:count]
+        return self.output_logits(states, contexts, previous, attended)[:count]
 
-    def _decoded_utterances(self, batch: DialogueBatch, loss_on: LossOn) -> tuple[Tensor, Tensor]:
-        """The utterances to decode [M, W] (trimmed to the longest) and their context vectors
-        [M, Hc], in batch order."""
+    def _decoded_utterances(
+        self, batch: DialogueBatch, loss_on: LossOn
+    ) -> tuple[Tensor, Tensor, Memory | None]:
+        """The context vectors [M, Hc] of the utterances to decode, the utterances [M, W]
+        (trimmed to the longest) and their attention memory, in batch order."""
         turns, offsets = batch.turns, batch.offsets
         # Only turns that condition a later turn are encoded: the last one never is.
         context_rows = _rows(offsets, turns - 1)
         targets_rows, context_of_target = _target_rows(offsets, turns, loss_on)
         device = batch.utterances.device
-        vectors = self.encode_utterances(
+        vectors, words = self.encode_utterances(
             batch.utterances[context_rows.to(device)], batch.lengths[context_rows]
         )
         states = self.encode_context(vectors, turns - 1)  # [B, T-1, Hc]
         context = states.reshape(-1, states.size(-1))[context_of_target.to(device)]
         width = int(batch.lengths[targets_rows].max())
-        return context, batch.utterances[targets_rows.to(device), :width]
+        grid_width = states.size(1)
+        memory = self.context_memory(
+            words,
+            batch.lengths[context_rows],
+            turns - 1,
+            context_of_target // grid_width,
+            context_of_target % grid_width + 1,
+        )
+        return context, batch.utterances[targets_rows.to(device), :width], memory
 
     def _shift(self, utterances: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Decoder inputs, targets and the mask of real targets from ``<s> .. </s>`` rows."""
@@ -520,10 +659,16 @@ class HRED(nn.Module):
 
     @torch.no_grad()
     def _sample_inputs(
-        self, inputs: Tensor, targets: Tensor, mask: Tensor, context: Tensor, prob: float
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        mask: Tensor,
+        context: Tensor,
+        memory: Memory | None,
+        prob: float,
     ) -> Tensor:
         predicted = torch.full_like(targets, self.config.pad_id)
-        predicted[mask] = self.teacher_forced_logits(inputs, mask, context).argmax(-1)
+        predicted[mask] = self.teacher_forced_logits(inputs, mask, context, memory).argmax(-1)
         # Input position k + 1 holds target k; it is a real word where target k + 1 is real.
         coin = torch.rand(targets.shape, device=targets.device) < prob
         replace = coin[:, :-1] & mask[:, 1:]
@@ -533,9 +678,10 @@ class HRED(nn.Module):
 
     # --- step-by-step decoding (decoding.py builds beam search and sampling on this) -------
 
-    def start_decoding(self, context: Tensor) -> DecoderSteps:
-        """Decode one token at a time from [R, Hc] context vectors (see ``DecoderSteps``)."""
-        return DecoderSteps(self, context)
+    def start_decoding(self, context: Tensor, memory: Memory | None = None) -> DecoderSteps:
+        """Decode one token at a time from [R, Hc] context vectors and their attention
+        memory (``encode_contexts``; see ``DecoderSteps``)."""
+        return DecoderSteps(self, context, memory)
 
 
 class DecoderSteps:
@@ -549,7 +695,7 @@ class DecoderSteps:
     prepacked for oneDNN.
     """
 
-    def __init__(self, model: HRED, context: Tensor) -> None:
+    def __init__(self, model: HRED, context: Tensor, memory: Memory | None = None) -> None:
         c = model.config
         weight = model.embedding.weight
         packed = (
@@ -563,6 +709,13 @@ class DecoderSteps:
         self.activation = model.output_activation
         self._initial_state = model.initial_decoder_state
         self.context = context
+        self.memory = memory
+        self.attended_size = c.attended_size()
+        self.query = (
+            _Matmul(model, "query", packed, model.attention_query.weight)
+            if self.attended_size
+            else None
+        )
         gru = model.decoder
         first = model.decoder_input_weights()
         self.layers: list[tuple[_Matmul, Tensor, _Matmul, Tensor]] = []
@@ -577,13 +730,14 @@ class DecoderSteps:
             self.layers.append((inputs, b_ih, hh, b_hh))
         out = model.output_input_weights()
         self.context_out = F.linear(context, out.context, model.output_hidden.bias)
-        # The state and the word go through one product: [state, word] @ [W_state, W_word].T
+        # The state, the word and the attended words go through one product:
+        # [state, word, attended] @ [W_state, W_word, W_attended].T
         self.state_and_word = _Matmul(
             model,
             "out",
             packed,
             model.output_hidden.weight,
-            build=lambda: torch.cat([out.state, out.word], dim=1),
+            build=lambda: torch.cat([out.state, out.word, out.attended], dim=1),
         )
         self.vocab = _Matmul(model, "vocab", packed, model.output.weight)
         self.vocab_bias = model.output.bias
@@ -599,6 +753,8 @@ class DecoderSteps:
         self.context = self.context.index_select(0, rows)
         self.context_gates = self.context_gates.index_select(0, rows)
         self.context_out = self.context_out.index_select(0, rows)
+        if self.memory is not None:
+            self.memory = self.memory.select(rows)
 
     def initial_hidden(self) -> Tensor:
         """[layers, R, Hd]: the decoder's state before ``<s>``."""
@@ -619,7 +775,10 @@ class DecoderSteps:
             n = torch.tanh(torch.addcmul(gates_in[:, 2 * size :], r, gates_h[:, 2 * size :]))
             x = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             states.append(x)
-        out = self.state_and_word(torch.cat([x, word], dim=1), self.context_out)
+        pieces = [x, word]
+        if self.query is not None:
+            pieces.append(attend(self.query(x), self.memory, self.attended_size))
+        out = self.state_and_word(torch.cat(pieces, dim=1), self.context_out)
         logits = self.vocab(self.activation(out), self.vocab_bias)
         new_hidden = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
         return F.log_softmax(logits.float(), dim=-1), new_hidden

@@ -73,6 +73,7 @@ class TrainingConfig:
     maxout: bool = True
     tie_embeddings: bool = True
     loss_on: str = "all"
+    attention: bool = False  # the output layer attends to the context's words
     # data
     vocab_size: int = 10000
     min_freq: int = 1
@@ -132,6 +133,7 @@ class TrainingConfig:
             maxout=self.maxout,
             tie_embeddings=self.tie_embeddings,
             loss_on=self.loss_on,  # type: ignore[arg-type]
+            attention=self.attention,
         )
 
 
