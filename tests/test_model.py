@@ -249,6 +249,20 @@ def test_attention_memory_holds_every_context_word_and_nothing_else():
     assert HRED(tiny_config()).encode_contexts(contexts)[1] is None  # no attention, no memory
 
 
+def test_attention_memory_knows_how_many_turns_back_a_word_was_said():
+    """The encoder reads each utterance alone: the same utterance said one and two turns
+    back must still differ in memory, and by nothing but the distance."""
+    model = HRED(tiny_config(attention=True)).eval()
+    said = [2, 9, 10, 3]
+    with torch.no_grad():
+        _, memory = model.encode_contexts([[said, said]])
+    assert memory is not None
+    older, latest = memory.states[0][memory.mask[0]].view(2, len(said), -1)
+    distances = model.turn_distance.weight
+    torch.testing.assert_close(older - distances[1], latest - distances[0])
+    assert not torch.allclose(older, latest)
+
+
 def test_a_target_turn_attends_only_to_the_turns_before_it():
     """Training decodes every turn of a dialogue at once: turn 1 must not read the words of
     turns 2 and 3, which the same memory holds for the later targets."""

@@ -45,6 +45,9 @@ T = TypeVar("T")
 MAX_PARAMETERS = 100_000_000
 #: The most layers of one GRU (the paper uses 1): bounds the work of counting parameters.
 MAX_LAYERS = 32
+#: Attention tells the context's turns apart by their distance from the reply (1: the
+#: utterance it answers); turns further back than this share the last distance's vector.
+TURN_DISTANCES = 16
 
 
 class ModelConfigError(UserError, ValueError):
@@ -127,7 +130,14 @@ class HREDConfig:
         hidden, layers = self.decoder_hidden, self.decoder_layers
         outputs = (2 if self.maxout else 1) * embedding
         attended = self.attended_size()
-        attention = {"attention_query.weight": (attended, hidden)} if attended else {}
+        attention = (
+            {
+                "turn_distance.weight": (TURN_DISTANCES, attended),
+                "attention_query.weight": (attended, hidden),
+            }
+            if attended
+            else {}
+        )
         return {
             "embedding.weight": (vocab, embedding),
             **_gru_shapes(
@@ -352,8 +362,11 @@ class HRED(nn.Module):
             batch_first=True,
             dropout=c.dropout if c.decoder_layers > 1 else 0.0,
         )
-        # attention: the decoder state asks which context words matter for the next word
+        # attention: the decoder state asks which context words matter for the next word; a
+        # word's state carries how many turns back it was said (the encoder reads each
+        # utterance alone, so nothing else says whether "you" came from the last turn)
         if c.attention:
+            self.turn_distance = nn.Embedding(TURN_DISTANCES, c.attended_size())
             self.attention_query = nn.Linear(c.decoder_hidden, c.attended_size(), bias=False)
         # output layer over the decoder state, the context, the previous word (and the
         # attended context words)
@@ -378,6 +391,8 @@ class HRED(nn.Module):
                 elif "bias" in name:
                     nn.init.zeros_(weight)
         nn.init.zeros_(self.output.bias)
+        if self.config.attention:
+            nn.init.normal_(self.turn_distance.weight, std=0.1)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -469,10 +484,11 @@ class HRED(nn.Module):
         grid[cells.to(device)] = words
         real = torch.zeros(batch, most, width, dtype=torch.bool)
         real[cells] = torch.arange(width).unsqueeze(0) < lengths.cpu().unsqueeze(1)
-        readable = torch.arange(most).unsqueeze(0) < before.cpu().unsqueeze(1)  # [M, T]
-        mask = (real[dialogues.cpu()] & readable.unsqueeze(2)).flatten(1)
-        states = grid.flatten(1, 2).index_select(0, dialogues.to(device))
-        return Memory(states, mask.to(device))
+        back = before.cpu().unsqueeze(1) - torch.arange(most).unsqueeze(0)  # [M, T] turns back
+        mask = (real[dialogues.cpu()] & (back > 0).unsqueeze(2)).flatten(1)
+        distance = self.turn_distance(back.clamp(1, TURN_DISTANCES).sub(1).to(device))
+        states = grid.index_select(0, dialogues.to(device)) + distance.unsqueeze(2)
+        return Memory(states.flatten(1, 2), mask.to(device))
 
     def encode_context(self, utterance_vectors: Tensor, turns: Tensor) -> Tensor:
         """Flattened utterance vectors -> context states [B, T, context_hidden].
@@ -709,7 +725,8 @@ class DecoderSteps:
         self.activation = model.output_activation
         self._initial_state = model.initial_decoder_state
         self.context = context
-        self.memory = memory
+        # attention runs in float32 (see ``attend``): convert the memory once, not per step
+        self.memory = Memory(memory.states.float(), memory.mask) if memory is not None else None
         self.attended_size = c.attended_size()
         self.query = (
             _Matmul(model, "query", packed, model.attention_query.weight)
