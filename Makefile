@@ -28,7 +28,7 @@ help:
 	@echo "make shell  - chat with the trained assistant in the terminal (rasa shell)"
 	@echo "make samples - replay docs/sample_scripts.yml through $(MODEL) into README.md's Sample conversations"
 	@echo "make train  - (re)train the demo assistant, HRED included, into $(MODEL)"
-	@echo "make train-strong - the demo HRED trained for up to 10 epochs (about 9 min each on 2 cores) into models/hred-strong"
+	@echo "make train-strong - the demo HRED with attention, up to 10 epochs (about 12 min each on 2 cores), into models/hred-strong"
 	@echo "make serve  - the HRED NLG server for the demo model on 127.0.0.1:$(NLG_PORT)"
 	@echo "make run-nlg - the demo assistant with generation in the NLG server (both processes)"
 	@echo "make run-scaled - Redis, the NLG server and two rasa run replicas on $(PORT) and $(PORT)+1"
@@ -53,7 +53,9 @@ lint: $(STAMP)
 # --strict-markers: a misspelt marker (`@pytest.mark.slwo`) is an error, not a slow test
 # that quietly runs in test-fast. pytest exits 5 when it ran no tests (a wrong path, or a -m
 # that deselects everything); say so instead of leaving a bare "Error 5".
-PYTEST := $(BIN)/python -m pytest -q -ra --strict-markers --durations=25
+# Two test processes (pytest-xdist): the end-to-end tests spend much of their time in one
+# single-threaded `rasa run` start-up; tests/conftest.py says how the work is shared.
+PYTEST := $(BIN)/python -m pytest -q -ra --strict-markers --durations=25 -n 2 --dist loadgroup
 NO_TESTS := { rc=$$?; [ $$rc -ne 5 ] || echo "error: pytest ran no tests" >&2; exit $$rc; }
 
 test: lint

@@ -7,17 +7,24 @@ tests import them from there.
 
 Tests that train a model with Rasa or start `rasa run` are marked ``slow``
 (``make test-fast`` leaves them out).
+
+``make test`` runs two test processes (pytest-xdist, ``--dist loadgroup``): each module
+stays in one process (module fixtures are built once), the modules that talk to the running
+demo (``demo_server``) share one, and the session's trained pieces are built by the first
+process that needs them and reused by the other (``build_once``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from filelock import FileLock
 from support import BIN, RASA_ENV, REPO
 from support.alexa_pki import CERT_URL, PKI, SKILL_ID, make_pki, write_chain_cache
 from support.models import (
@@ -48,13 +55,50 @@ __all__ = [
 os.environ.update({k: v for k, v in RASA_ENV.items() if k != "PYTHONWARNINGS"})
 
 
+# Under pytest-xdist each test process has one core's share: PyTorch's default of a thread
+# per core would make two processes' OpenMP threads wait on each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+#: The fixtures whose users must share one test process: one running server.
+SHARED_SERVERS = ("demo_server",)
+
+
 def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        group = next((name for name in SHARED_SERVERS if name in fixtures), None)
+        item.add_marker(pytest.mark.xdist_group(group or item.module.__name__))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def shared_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's builds live: the base temporary directory, or under pytest-xdist
+    the one above every test process's own."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]
+) -> Path:
+    """``build(directory)`` run by the first test process that asks, in a directory of
+    ``shared_directory``; the others wait for it and get the same result (a build that fails
+    leaves nothing, and the next process to ask tries again)."""
+    root = shared_directory(tmp_path_factory)
+    done = root / f"{name}.built"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            directory = root / name
+            shutil.rmtree(directory, ignore_errors=True)  # what a failed build left
+            directory.mkdir()
+            done.write_text(str(build(directory)))
+    return Path(done.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +114,25 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_hred(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small HRED trained for a few epochs on the bundled chatterbot corpus."""
-    return train_tiny_hred(tmp_path_factory.mktemp("hred") / "model")
+    return build_once(tmp_path_factory, "hred", lambda d: train_tiny_hred(d / "model"))
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory, tiny_hred: Path) -> Path:
+def rasa_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Rasa training cache every test project shares (``rasa_train(..., cache=)``)."""
+    return shared_directory(tmp_path_factory) / "rasa-cache"
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory, tiny_hred: Path, rasa_cache: Path) -> Path:
     """The demo assistant trained by `rasa train` with the small pre-trained HRED, generating
     where the demo does (config.yml's ``generate``)."""
     hred = {"model": str(tiny_hred), "max_history": 6, **demo_policy_options("generate")}
-    project = write_demo_project(tmp_path_factory.mktemp("demo"), hred)
-    return rasa_train(project)
+    return build_once(
+        tmp_path_factory,
+        "demo",
+        lambda d: rasa_train(write_demo_project(d, hred), cache=rasa_cache),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -56,11 +56,11 @@ def requests_by_kind(nlg_url: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def nlg_model(tmp_path_factory: pytest.TempPathFactory, tiny_hred: Path) -> Path:
+def nlg_model(tmp_path_factory: pytest.TempPathFactory, tiny_hred: Path, rasa_cache: Path) -> Path:
     project = write_demo_project(
         tmp_path_factory.mktemp("demo-nlg"), {"model": str(tiny_hred), "generate": "nlg_server"}
     )
-    return rasa_train(project)
+    return rasa_train(project, cache=rasa_cache)
 
 
 @pytest.fixture

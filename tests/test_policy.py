@@ -321,7 +321,7 @@ def _memory_corpus(path: Path, count: int = 600) -> Path:
 
 
 @pytest.fixture(scope="module")
-def memory_bot(tmp_path_factory):
+def memory_bot(tmp_path_factory, rasa_cache):
     root = tmp_path_factory.mktemp("memory_bot")
     corpus = _memory_corpus(root / "memory.txt")
     hred = root / "hred"
@@ -376,7 +376,7 @@ def memory_bot(tmp_path_factory):
         ],
     }
     (project / "config.yml").write_text(yaml.safe_dump(config))
-    return rasa_train(project)
+    return rasa_train(project, cache=rasa_cache)
 
 
 @pytest.mark.slow

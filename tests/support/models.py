@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 
 from support import BIN, RASA_ENV, REPO
 
@@ -73,18 +74,20 @@ def write_demo_project(target: Path, hred: dict[str, Any]) -> Path:
     return target
 
 
-def rasa_train(project: Path, timeout: float = 600) -> Path:
-    """``rasa train`` in ``project`` (a subprocess); the model archive's path. Projects made
-    side by side (``tmp_path_factory.mktemp``) share one Rasa cache, so a component whose
-    config and data another project already trained is restored, not trained again."""
-    cache = project.parent / "rasa-cache"
-    run = subprocess.run(
-        [BIN / "rasa", "train", "--fixed-model-name", "demo", "--out", "models"],
-        cwd=project,
-        env=RASA_ENV | {"RASA_CACHE_DIRECTORY": str(cache)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def rasa_train(project: Path, timeout: float = 600, cache: Path | None = None) -> Path:
+    """``rasa train`` in ``project`` (a subprocess); the model archive's path. Projects share
+    one Rasa cache (``cache``, else ``rasa-cache`` beside the project), so a component whose
+    config and data another project already trained is restored, not trained again; one
+    training at a time uses a cache (test processes run side by side under pytest-xdist)."""
+    cache = cache or project.parent / "rasa-cache"
+    with FileLock(f"{cache}.lock"):
+        run = subprocess.run(
+            [BIN / "rasa", "train", "--fixed-model-name", "demo", "--out", "models"],
+            cwd=project,
+            env=RASA_ENV | {"RASA_CACHE_DIRECTORY": str(cache)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return project / "models" / "demo.tar.gz"
