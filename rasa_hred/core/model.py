@@ -149,7 +149,7 @@ class HREDConfig:
             ),
             **_gru_shapes(
                 "context_encoder",
-                self.utterance_hidden * directions,
+                self.utterance_size(),
                 self.context_hidden,
                 self.context_layers,
                 1,
@@ -344,10 +344,9 @@ class HRED(nn.Module):
             batch_first=True,
             dropout=c.dropout if c.utterance_layers > 1 else 0.0,
         )
-        utterance_size = c.utterance_hidden * (2 if c.bidirectional else 1)
         # 2. context (session) encoder: utterance vectors -> one state per turn
         self.context_encoder = nn.GRU(
-            utterance_size,
+            c.utterance_size(),
             c.context_hidden,
             num_layers=c.context_layers,
             batch_first=True,
@@ -450,12 +449,17 @@ class HRED(nn.Module):
 
     # --- encoding -------------------------------------------------------------------------
 
-    def encode_utterances(self, utterances: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """[N, L] token ids -> [N, utterance_size], the last layer's final state(s), and the
-        word states [N, L', utterance_size] (L' the longest length; zeros past each)."""
+    def encode_utterances(
+        self, utterances: Tensor, lengths: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """[N, L] token ids -> [N, utterance_size], the last layer's final state(s), and, with
+        attention, the word states [N, L', utterance_size] (L' the longest length; zeros past
+        each)."""
+        attention = self.config.attention
         if use_stepwise_gru(utterances):  # training on a CPU: see core/recurrent.py
             embedded = self.dropout(self.embedding(utterances))
-            words, hidden = run_gru(self.utterance_encoder, embedded, lengths.cpu())
+            out, hidden = run_gru(self.utterance_encoder, embedded, lengths.cpu())
+            words = out if attention else None
         else:
             # Pack the ids first: padding is then never embedded, dropped out or run.
             ids = pack_padded_sequence(
@@ -463,18 +467,24 @@ class HRED(nn.Module):
             )
             packed = ids._replace(data=self.dropout(self.embedding(ids.data)))
             out, hidden = self.utterance_encoder(packed)  # [layers * directions, N, H]
-            words = pad_packed_sequence(out, batch_first=True)[0]
+            words = pad_packed_sequence(out, batch_first=True)[0] if attention else None
         if self.config.bidirectional:
             return torch.cat([hidden[-2], hidden[-1]], dim=-1), words
         return hidden[-1], words
 
     def context_memory(
-        self, words: Tensor, lengths: Tensor, turns: Tensor, dialogues: Tensor, before: Tensor
+        self,
+        words: Tensor | None,
+        lengths: Tensor,
+        turns: Tensor,
+        dialogues: Tensor,
+        before: Tensor,
     ) -> Memory | None:
         """The attention memory of rows that each read dialogue ``dialogues[m]``'s context
         utterances ``0 .. before[m] - 1``, from the word states [N, L, D] of every context
-        utterance (flattened dialogue-major, ``turns[b]`` of them for dialogue ``b``)."""
-        if not self.config.attention:
+        utterance (flattened dialogue-major, ``turns[b]`` of them for dialogue ``b``); none
+        without attention (no word states)."""
+        if words is None:
             return None
         batch, most = len(turns), int(turns.max())
         width = words.size(1)
