@@ -1,5 +1,6 @@
 """The HRED itself: causality, no target leakage, context use, and the step API."""
 
+import copy
 import math
 import random
 
@@ -10,7 +11,7 @@ from support.oracles import reference_log_probs, reference_step
 from rasa_hred.core import training
 from rasa_hred.core.batching import DialogueIds, encode_dialogues
 from rasa_hred.core.evaluation import evaluate
-from rasa_hred.core.model import HRED, DialogueBatch, HREDConfig
+from rasa_hred.core.model import HRED, DialogueBatch, HREDConfig, Memory
 from rasa_hred.core.training import Trainer, TrainingConfig
 from rasa_hred.core.vocab import Vocabulary
 
@@ -186,6 +187,34 @@ def test_decoder_step_follows_weights_changed_in_place():
     model.load_state_dict(other.state_dict())
     got, want = step_and_reference()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_decoder_step_with_bf16_weights_stays_close_to_the_reference(attention):
+    """bf16 weights run prepacked on CPUs with bf16 units and as plain products elsewhere;
+    either way the step is the float64 reference of the same (bf16-rounded) weights, up to
+    bf16 rounding of the activations."""
+    torch.manual_seed(3)
+    model = randomise_biases(HRED(tiny_config(decoder_layers=2, attention=attention)))
+    model = model.to(torch.bfloat16).eval()
+    exact = copy.deepcopy(model).to(torch.float64)
+    contexts = [[[2, 9, 10, 3]], [[2, 5, 3], [2, 7, 8, 3]], []]
+    previous = torch.tensor([2, 2, 9])
+    with torch.inference_mode():
+        context, memory = model.encode_contexts(contexts)
+        decoder = model.start_decoding(context, memory)
+        hidden = decoder.initial_hidden()
+        rows = context.double()
+        row_memory = Memory(memory.states.double(), memory.mask) if memory else None
+        want_hidden = hidden.double()
+        for _ in range(3):
+            got, hidden = decoder.step(previous, hidden)
+            want, want_hidden = reference_step(exact, previous, want_hidden, rows, row_memory)
+            assert got.dtype == torch.float32 and hidden.dtype == torch.bfloat16
+            torch.testing.assert_close(got.double(), want.double(), atol=6e-2, rtol=2e-2)
+            torch.testing.assert_close(hidden.double(), want_hidden.double(), atol=3e-2, rtol=2e-2)
+            assert torch.equal(got.argmax(-1), want.argmax(-1))
+            previous = got.argmax(-1)
 
 
 def test_decoder_step_under_bf16_autocast_stays_close_to_the_reference():
