@@ -17,6 +17,7 @@ from rasa_hred.core.decoding import (
     DecodingConfig,
     DecodingError,
     Hypothesis,
+    best_continuations,
     block_repeated_ngrams,
     context_seed,
     decode,
@@ -216,6 +217,42 @@ def test_carried_state_beam_search_equals_prefix_rerunning_reference(vocab, laye
     model = make_model(vocab, layers=layers, seed=layers)
     config = DecodingConfig(**settings)
     contexts = make_contexts(vocab, 6, seed=layers)
+    got = decode(model, contexts, config, vocabulary=vocab)
+    with torch.inference_mode():
+        for context, hyps in zip(contexts, got):
+            assert_same(hyps, reference_beam_search(model, context, config, vocab))
+
+
+@pytest.mark.parametrize("vocab_size", [640, 1000])  # whole blocks only; a partial last one
+@pytest.mark.parametrize(("beams", "k"), [(1, 2), (5, 10), (20, 40), (4, 4)])
+def test_best_continuations_are_the_best_totals_over_all_beams_and_tokens(vocab_size, beams, k):
+    generator = torch.Generator().manual_seed(vocab_size + beams)
+    items = 6
+    log_probs = torch.randn(items * beams, vocab_size, generator=generator).log_softmax(1)
+    log_probs[log_probs < -9.0] = float("-inf")  # masked tokens
+    log_probs[3, :] = float("-inf")  # a beam with nothing allowed
+    scores = torch.randn(items, beams, generator=generator) * 3
+    scores[0, 1:] = float("-inf")  # dead beams (the first step)
+    totals = (scores.reshape(-1, 1) + log_probs).view(items, beams * vocab_size)
+    want_scores, want_index = totals.topk(k, dim=1)
+    got_scores, got_beams, got_tokens = best_continuations(log_probs, scores, k)
+    assert torch.equal(got_scores, want_scores)
+    real = want_scores > float("-inf")  # which -inf entries fill up a short list is arbitrary
+    assert int(real.sum()) > items * k // 2
+    assert torch.equal(got_beams[real], (want_index // vocab_size)[real])
+    assert torch.equal(got_tokens[real], (want_index % vocab_size)[real])
+    assert (got_tokens < vocab_size).all() and (got_beams < beams).all()
+
+
+def test_block_search_decodes_as_the_reference(vocab, monkeypatch):
+    """The tests' vocabularies are too small for blocks of 64: with blocks of 4 the block
+    search of best_continuations runs inside decode and must not change a reply."""
+    import rasa_hred.core.decoding as decoding
+
+    monkeypatch.setattr(decoding, "CANDIDATE_BLOCK", 4)
+    model = make_model(vocab, seed=7)
+    config = DecodingConfig(beam_size=4, n_best=2)
+    contexts = make_contexts(vocab, 6, seed=7)
     got = decode(model, contexts, config, vocabulary=vocab)
     with torch.inference_mode():
         for context, hyps in zip(contexts, got):

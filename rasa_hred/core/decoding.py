@@ -293,6 +293,54 @@ class _Pool:
         return out
 
 
+#: Tokens per block in :func:`best_continuations`.
+CANDIDATE_BLOCK = 64
+
+
+def best_continuations(log_probs: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` best continuations of each item, from its beams' scores [A, K] and their
+    token log-probabilities [A*K, V] (rows item-major): their totals [A, k], best first, and
+    the beam [A, k] and token [A, k] of each.
+
+    Scanning all A*K*V totals with ``topk`` cost as much as the output layer (a full pass that
+    sorts pairs). Instead each beam's tokens are cut into blocks of ``CANDIDATE_BLOCK``, a
+    block's best total is its beam's score plus its largest log-prob, and only the ``k``
+    blocks with the best of those are searched: every one of the ``k`` best totals lies in
+    one of them (a block holding one is at least as good as the k-th best total, and at most
+    ``k`` blocks can be). The tokens past the last whole block are always searched.
+    Measured at the seed shape (2 cores): about 2x faster than row-wise ``topk`` at 320
+    rows. Tied totals may come out in another order than a plain ``topk`` gives them."""
+    live, beams = scores.shape
+    vocab = log_probs.size(1)
+    block = CANDIDATE_BLOCK
+    blocks = vocab // block
+    device = log_probs.device
+    if blocks * beams <= 2 * k:  # too few blocks to skip any: scan everything
+        totals = (scores.reshape(-1, 1) + log_probs).view(live, beams * vocab)
+        top, index = totals.topk(k, dim=1)
+        return top, index // vocab, index % vocab
+    head = log_probs[:, : blocks * block].unflatten(1, (blocks, block))
+    block_best = (head.amax(2) + scores.reshape(-1, 1)).view(live, beams * blocks)
+    picked = block_best.topk(k, dim=1, sorted=False).indices  # beam * blocks + block
+    beam = picked // blocks  # [A, k]
+    tokens = ((picked % blocks) * block).unsqueeze(2) + torch.arange(block, device=device)
+    rows = torch.arange(live, device=device).unsqueeze(1) * beams + beam
+    totals = log_probs.reshape(-1)[(rows * vocab).unsqueeze(2) + tokens]
+    totals = (totals + scores.gather(1, beam).unsqueeze(2)).view(live, k * block)
+    beams_of = beam.repeat_interleave(block, dim=1)
+    tokens = tokens.view(live, k * block)
+    rest = vocab - blocks * block
+    if rest:
+        tail = log_probs[:, blocks * block :] + scores.reshape(-1, 1)  # [A*K, rest]
+        totals = torch.cat([totals, tail.view(live, beams * rest)], dim=1)
+        tail_tokens = torch.arange(blocks * block, vocab, device=device).repeat(beams)
+        tail_beams = torch.arange(beams, device=device).repeat_interleave(rest)
+        tokens = torch.cat([tokens, tail_tokens.expand(live, -1)], dim=1)
+        beams_of = torch.cat([beams_of, tail_beams.expand(live, -1)], dim=1)
+    top, index = totals.topk(k, dim=1)
+    return top, beams_of.gather(1, index), tokens.gather(1, index)
+
+
 def _beam_search(
     model: HRED,
     context: Tensor,
@@ -325,21 +373,14 @@ def _beam_search(
     base = torch.arange(num_items, device=device).unsqueeze(1) * beams  # [A, 1] first rows
     beam_index = torch.arange(beams, device=device)
     for step in range(max_length):
-        live = items.size(0)
         log_probs, hidden = decoder.step(previous, hidden)
         masker(log_probs, history[:, :step], step)
-        # Each beam's best `per_row` tokens hold every candidate of the item's best
-        # `per_row` (per_row = 2K when </s> may end a hypothesis, else K).
         eos_allowed = masker.eos_allowed(step)
-        per_row = min(2 * beams if eos_allowed else beams, vocab)
-        row_scores, row_tokens = log_probs.topk(per_row, dim=1)  # [A*K, per_row]
-        candidates = (scores.view(-1, 1) + row_scores).view(live, beams * per_row)
+        # the best 2K continuations hold the best K that are not </s> (K when </s> is out)
+        width = min(2 * beams if eos_allowed else beams, beams * vocab)
+        top_scores, source, tokens = best_continuations(log_probs, scores, width)
         if eos_allowed:
-            width = min(2 * beams, beams * per_row)
-            top_scores, top_index = candidates.topk(width, dim=1)
-            tokens = row_tokens.view(live, -1).gather(1, top_index)
             is_eos = tokens == c.eos_id
-            source = top_index // per_row
             ends = is_eos[:, :beams] & (top_scores[:, :beams] > _NEG_INF)
             if bool(ends.any()):
                 any_finished = True
@@ -362,9 +403,7 @@ def _beam_search(
             tokens = tokens.gather(1, order)
             source = source.gather(1, order)
         else:
-            scores, top_index = candidates.topk(beams, dim=1)
-            tokens = row_tokens.view(live, -1).gather(1, top_index)
-            source = top_index // per_row
+            scores = top_scores
         rows = (base + source).view(-1)
         tokens = tokens.view(-1)
         chosen = log_probs[rows, tokens]
@@ -607,6 +646,7 @@ def decode(
     width = config.beam_size if config.method == "beam" else keep
     max_rows = MAX_ROWS if device.type == "cuda" else min(MAX_ROWS, MAX_ROWS_CPU)
     chunk = max(1, max_rows // width)
+    chunk = -(-len(contexts) // -(-len(contexts) // chunk))  # even chunks: 32 + 32, not 51 + 13
     results: list[list[Hypothesis]] = []
     with torch.inference_mode(), _eval_mode(model):
         for start in range(0, len(contexts), chunk):
