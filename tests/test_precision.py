@@ -142,9 +142,8 @@ def test_bf16_products_on_the_cpu_are_rounded_to_few_row_counts():
         assert stable_row_count(65, bf16.cuda()) == 65
 
 
-def test_padded_bf16_output_rows_give_the_unpadded_logits_and_gradients(monkeypatch):
-    """Under bf16 autocast the output layer runs on a multiple of BF16_ROW_MULTIPLE rows; the
-    real rows' logits and every gradient are those of the real rows alone."""
+def tiny_model_and_batch() -> tuple[HRED, DialogueBatch]:
+    """A model without dropout and a batch with 11 modelled tokens after the first turns."""
     torch.manual_seed(0)
     config = HREDConfig(
         vocab_size=40,
@@ -154,11 +153,17 @@ def test_padded_bf16_output_rows_give_the_unpadded_logits_and_gradients(monkeypa
         decoder_hidden=12,
         dropout=0.0,
     )
-    model = HRED(config)
     batch = DialogueBatch.from_ids(
         [[[2, 5, 6, 3], [2, 7, 8, 9, 3], [2, 10, 3]], [[2, 11, 3], [2, 12, 13, 14, 15, 3]]],
         config.pad_id,
     )
+    return HRED(config), batch
+
+
+def test_padded_bf16_output_rows_give_the_unpadded_logits_and_gradients(monkeypatch):
+    """Under bf16 autocast the output layer runs on a multiple of BF16_ROW_MULTIPLE rows; the
+    real rows' logits and every gradient are those of the real rows alone."""
+    model, batch = tiny_model_and_batch()
     rows_seen: list[int] = []
     model.output.register_forward_hook(lambda _m, args, _out: rows_seen.append(len(args[0])))
 
@@ -180,4 +185,30 @@ def test_padded_bf16_output_rows_give_the_unpadded_logits_and_gradients(monkeypa
     assert rows_seen[-1] == real_rows
     torch.testing.assert_close(padded, alone)
     for with_padding, without in zip(padded_grads, alone_grads):
+        torch.testing.assert_close(with_padding, without)
+
+
+def test_padded_bf16_output_rows_leave_the_training_loss_and_its_gradients_alone(monkeypatch):
+    """The training loss keeps the padding rows and leaves them out by their target (a
+    slice would cost a [K, V] fill and copy in the backward pass): loss and gradients are
+    those of the real rows alone."""
+    model, batch = tiny_model_and_batch()
+
+    def loss_and_grads() -> tuple[torch.Tensor, int, list[torch.Tensor]]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch, loss_on="all")
+        out["loss_sum"].backward()
+        return (
+            out["loss_sum"].detach(),
+            int(out["tokens"]),
+            [p.grad.clone() for p in model.parameters()],
+        )
+
+    padded, tokens, padded_grads = loss_and_grads()
+    assert tokens == 11 and padded > 0
+    monkeypatch.setattr("rasa_hred.core.precision.BF16_ROW_MULTIPLE", 1)
+    alone, _, alone_grads = loss_and_grads()
+    torch.testing.assert_close(padded, alone)
+    for with_padding, without in zip(padded_grads, alone_grads, strict=True):
         torch.testing.assert_close(with_padding, without)

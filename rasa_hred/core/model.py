@@ -48,6 +48,8 @@ MAX_LAYERS = 32
 #: Attention tells the context's turns apart by their distance from the reply (1: the
 #: utterance it answers); turns further back than this share the last distance's vector.
 TURN_DISTANCES = 16
+#: The target of a padding row of the output layer: cross-entropy leaves it out.
+_IGNORED = -100
 
 
 class ModelConfigError(UserError, ValueError):
@@ -577,11 +579,19 @@ class HRED(nn.Module):
         inputs, targets, mask = self._shift(utterances)
         if sampling_prob > 0.0:
             inputs = self._sample_inputs(inputs, targets, mask, context, memory, sampling_prob)
-        logits = self.teacher_forced_logits(inputs, mask, context, memory)
+        logits = self.teacher_forced_logits(inputs, mask, context, memory, padded=True)
         gold = targets[mask]
-        loss_sum = F.cross_entropy(logits.float(), gold, reduction="sum")
+        # Rows past the real ones (``padded``) are ignored: slicing them off instead would
+        # cost a [K, V] zero-fill and copy in the backward pass.
+        padded_gold = F.pad(gold, (0, logits.size(0) - gold.size(0)), value=_IGNORED)
+        loss_sum = F.cross_entropy(
+            logits.float(), padded_gold, reduction="sum", ignore_index=_IGNORED
+        )
         # The argmax over the vocabulary is only needed for evaluation's error rate.
-        correct = (logits.argmax(-1) == gold).sum() if not self.training else gold.new_zeros(())
+        if self.training:
+            correct = gold.new_zeros(())
+        else:
+            correct = (logits[: gold.size(0)].argmax(-1) == gold).sum()
         return {"loss_sum": loss_sum, "tokens": mask.sum(), "correct": correct}
 
     def token_log_probs(
@@ -614,11 +624,18 @@ class HRED(nn.Module):
         return out
 
     def teacher_forced_logits(
-        self, inputs: Tensor, mask: Tensor, context: Tensor, memory: Memory | None = None
+        self,
+        inputs: Tensor,
+        mask: Tensor,
+        context: Tensor,
+        memory: Memory | None = None,
+        padded: bool = False,
     ) -> Tensor:
         """Logits [K, V] at the K real target positions (``mask``, a prefix of each row) of
         [M, W] decoder ``inputs`` (``<s>`` and the words so far), row m decoded from
-        ``context[m]`` (and, with attention, ``memory`` row m). Padded steps are never run."""
+        ``context[m]`` (and, with attention, ``memory`` row m). Padded steps are never run.
+        With ``padded``, the output layer's padding rows (``stable_row_count``) follow the K
+        real ones: the caller ignores them."""
         lengths = mask.sum(1).cpu()
         if not bool(lengths.all()):  # rows with nothing to predict cannot be packed
             rows = lengths.nonzero().squeeze(1)
@@ -650,7 +667,8 @@ class HRED(nn.Module):
             states, contexts = F.pad(states, (0, 0, 0, extra)), F.pad(contexts, (0, 0, 0, extra))
             attended = F.pad(attended, (0, 0, 0, extra))
             previous = F.pad(previous, (0, extra), value=self.config.pad_id)
-        return self.output_logits(states, contexts, previous, attended)[:count]
+        logits = self.output_logits(states, contexts, previous, attended)
+        return logits if padded or not extra else logits[:count]
 
     def _decoded_utterances(
         self, batch: DialogueBatch, loss_on: LossOn
