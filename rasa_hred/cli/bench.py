@@ -38,7 +38,12 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--threads", type=int, default=2, help="CPU threads (0 = PyTorch's choice)")
     bench.add_argument("--batch-size", type=int, help="default 50 on CPU, 256 on CUDA")
     bench.add_argument("--dialogues", type=int, default=2000, help="synthetic triples")
-    bench.add_argument("--seconds", type=float, default=20.0, help="timed seconds per loss mode")
+    bench.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="timed seconds per loss mode, after an untimed pass over the batches",
+    )
     bench.add_argument(
         "--cpu-bf16",
         action=argparse.BooleanOptionalAction,
