@@ -13,6 +13,7 @@ import pytest
 import torch
 from support.oracles import reference_log_probs
 
+import rasa_hred.core.decoding as decoding
 from rasa_hred.core.decoding import (
     DecodingConfig,
     DecodingError,
@@ -462,6 +463,50 @@ def test_top_p_and_temperature():
     generator = torch.Generator().manual_seed(1)
     drawn = sample_tokens(log_probs.expand(2000, -1), top_p=0.7, generator=generator)
     assert set(drawn.tolist()) == {0, 1}
+
+
+def reference_nucleus(log_weights: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The nucleus by a full sort of each row (what _nucleus finds without sorting)."""
+    ordered, order = log_weights.sort(dim=-1, descending=True)
+    probs = ordered.softmax(dim=-1)
+    keep_sorted = probs.cumsum(dim=-1) - probs < top_p
+    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.8, 0.99])
+def test_the_nucleus_is_the_sorted_definition_also_when_it_is_wide(top_p):
+    """Peaked rows have a nucleus of a few tokens; a flat row needs hundreds, far more than
+    _nucleus looks at first."""
+    generator = torch.Generator().manual_seed(int(top_p * 100))
+    spread = torch.tensor([[8.0], [3.0], [1.0], [0.05], [0.0]])  # 0: equal weights but for noise
+    log_weights = torch.randn(5, 1000, generator=generator) * spread + 1e-4 * torch.rand(
+        5, 1000, generator=generator
+    )
+    log_weights[1, 500:] = float("-inf")  # half the vocabulary masked
+    log_probs = log_weights.log_softmax(-1)
+    got = torch.isfinite(warp_log_probs(log_probs, top_p=top_p))
+    want = reference_nucleus(log_probs, top_p)
+    for row in range(5):  # the same log-probs kept (tied tokens are interchangeable), but
+        # for the one at the edge, where two float sums of equal mass may fall either side
+        kept = log_probs[row][got[row]].sort(descending=True).values
+        wanted = log_probs[row][want[row]].sort(descending=True).values
+        assert abs(len(kept) - len(wanted)) <= 1
+        shared = min(len(kept), len(wanted))
+        assert torch.equal(kept[:shared], wanted[:shared])
+    assert want[3].sum() > 4 * decoding.NUCLEUS_FIRST_LOOK or top_p < 0.5  # it had to grow
+
+
+def test_sampling_follows_the_distribution_and_never_draws_a_masked_token():
+    probs = torch.tensor([0.1, 0.0, 0.4, 0.2, 0.3, 0.0, 0.0])
+    log_probs = probs.log().expand(20000, -1).contiguous()
+    drawn = sample_tokens(log_probs, generator=torch.Generator().manual_seed(5))
+    frequencies = torch.bincount(drawn, minlength=7).float() / len(drawn)
+    assert frequencies[[1, 5, 6]].sum() == 0  # the last drawable token is 4, not 6
+    torch.testing.assert_close(frequencies, probs, atol=0.015, rtol=0)
+    per_row = [torch.Generator().manual_seed(i) for i in range(3)]
+    rows = sample_tokens(log_probs[:3], generator=per_row)
+    again = [torch.Generator().manual_seed(i) for i in range(3)]
+    assert torch.equal(rows, sample_tokens(log_probs[:3], generator=again))
 
 
 # --- MMI-antiLM ----------------------------------------------------------------------------

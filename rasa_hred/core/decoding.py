@@ -556,13 +556,29 @@ def warp_log_probs(
         kth = warped.topk(top_k, dim=-1).values[..., -1:]
         warped = warped.masked_fill(warped < kth, _NEG_INF)
     if top_p < 1.0:
-        sorted_lps, order = warped.sort(dim=-1, descending=True)
-        probs = sorted_lps.softmax(dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # mass of the strictly better tokens
-        drop_sorted = before >= top_p  # the first token is always kept (before == 0)
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        warped = warped.masked_fill(drop, _NEG_INF)
+        warped = warped.masked_fill(~_nucleus(warped, top_p), _NEG_INF)
     return warped
+
+
+#: Tokens :func:`_nucleus` looks at first; it looks at four times as many until the nucleus
+#: of every row is among them (a full sort of the vocabulary took 0.6 ms a row at 8k).
+NUCLEUS_FIRST_LOOK = 64
+
+
+def _nucleus(log_weights: Tensor, top_p: float) -> Tensor:
+    """[R, V] bool: each row's most likely tokens whose mass before them is below ``top_p``
+    (the first is always kept; a row with nothing drawable keeps nothing)."""
+    vocab = log_weights.size(-1)
+    total = torch.logsumexp(log_weights, dim=-1, keepdim=True)
+    look = min(NUCLEUS_FIRST_LOOK, vocab)
+    while True:
+        best, order = log_weights.topk(look, dim=-1)  # best first
+        probs = (best - total).exp()
+        before = probs.cumsum(dim=-1) - probs  # mass of the strictly better tokens
+        if look == vocab or bool((before[..., -1] + probs[..., -1] >= top_p).all()):
+            break
+        look = min(vocab, 4 * look)
+    return torch.zeros_like(log_weights, dtype=torch.bool).scatter_(-1, order, before < top_p)
 
 
 def sample_tokens(
@@ -573,15 +589,23 @@ def sample_tokens(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """One token per row drawn from the warped distribution ([R, V] -> [R]), with one
-    ``generator`` for all rows or one per row."""
+    ``generator`` for all rows or one per row. A row's draw is one uniform number placed on
+    its cumulative distribution (``multinomial`` drew one random number per token)."""
     warped = warp_log_probs(log_probs, temperature, top_k, top_p)
     dead = torch.isinf(warped).all(dim=-1)
     if bool(dead.any()):  # caller replaces these by </s>
         warped[dead, 0] = 0.0
-    probs = warped.float().softmax(dim=-1)
+    cumulative = warped.float().softmax(dim=-1).cumsum(dim=-1)
+    rows = cumulative.size(0)
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generator)])
+        uniform = torch.rand(rows, generator=generator, device=cumulative.device)
+    else:
+        uniform = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generator])
+    total = cumulative[:, -1:]
+    # the largest point below the total: rounding can never select a token past the last
+    # drawable one
+    point = torch.minimum(uniform.unsqueeze(1) * total, torch.nextafter(total, total.new_zeros(())))
+    return torch.searchsorted(cumulative, point, right=True).squeeze(1)
 
 
 # --- MMI-antiLM -----------------------------------------------------------------------------
