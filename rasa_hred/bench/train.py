@@ -60,11 +60,10 @@ def measure(
     loss_on: LossOn,
     device: torch.device,
     seconds: float,
-    warmup: int | None = None,
     cpu_bf16: bool = False,
 ) -> dict[str, float]:
-    """Run optimisation steps for about ``seconds`` after ``warmup`` untimed ones (default:
-    one pass over the batches) and report throughput."""
+    """Run optimisation steps for about ``seconds`` after one untimed pass over the batches
+    and report throughput."""
     optimizer = adam(model.parameters(), lr=5e-4)  # the trainer's
     batches = [
         make_batch(data, indices, model.config.pad_id)
@@ -72,7 +71,7 @@ def measure(
     ]
     # One untimed pass first: oneDNN compiles a kernel for every new shape of a bf16
     # product, once per process, so a training run pays for that in its first epoch only.
-    warmup = len(batches) if warmup is None else warmup
+    warmup = len(batches)
     model.train()
     dialogues = tokens = modelled = steps = 0
     started = None
