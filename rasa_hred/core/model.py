@@ -802,6 +802,12 @@ class DecoderSteps:
 
     def step(self, previous: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """[R] previous tokens, [layers, R, Hd] hidden -> ([R, V] float log-probs, hidden)."""
+        logits, hidden = self.logits(previous, hidden)
+        return F.log_softmax(logits, dim=-1, dtype=torch.float32), hidden
+
+    def logits(self, previous: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """``step`` before the softmax: ([R, V] logits in the model's dtype, hidden). Beam
+        search normalises only what it reads (``rasa_hred.core.reductions``)."""
         size = self.hidden_size
         word = F.embedding(previous, self.embedding)
         states = []
@@ -821,7 +827,7 @@ class DecoderSteps:
         out = self.state_and_word(torch.cat(pieces, dim=1), self.context_out)
         logits = self.vocab(self.activation(out), self.vocab_bias)
         new_hidden = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
-        return F.log_softmax(logits, dim=-1, dtype=torch.float32), new_hidden
+        return logits, new_hidden
 
 
 _ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
