@@ -8,6 +8,7 @@ import pytest
 import torch
 from support.oracles import reference_log_probs, reference_step
 
+import rasa_hred.core.model as model_module
 from rasa_hred.core import training
 from rasa_hred.core.batching import DialogueIds, encode_dialogues
 from rasa_hred.core.evaluation import evaluate
@@ -189,11 +190,14 @@ def test_decoder_step_follows_weights_changed_in_place():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tiled", [False, True], ids=["few-rows", "tiled"])
 @pytest.mark.parametrize("attention", [False, True])
-def test_decoder_step_with_bf16_weights_stays_close_to_the_reference(attention):
-    """bf16 weights run prepacked on CPUs with bf16 units and as plain products elsewhere;
-    either way the step is the float64 reference of the same (bf16-rounded) weights, up to
-    bf16 rounding of the activations."""
+def test_decoder_step_with_bf16_weights_stays_close_to_the_reference(attention, tiled, monkeypatch):
+    """bf16 weights run prepacked on CPUs with bf16 units (from TILED_FROM_ROWS rows on,
+    padded to whole tiles) and as plain products elsewhere; either way the step is the
+    float64 reference of the same (bf16-rounded) weights, up to bf16 rounding of the
+    activations."""
+    monkeypatch.setattr(model_module, "TILED_FROM_ROWS", 1 if tiled else 10**9)
     torch.manual_seed(3)
     model = randomise_biases(HRED(tiny_config(decoder_layers=2, attention=attention)))
     model = model.to(torch.bfloat16).eval()

@@ -212,3 +212,69 @@ def test_padded_bf16_output_rows_leave_the_training_loss_and_its_gradients_alone
     torch.testing.assert_close(padded, alone)
     for with_padding, without in zip(padded_grads, alone_grads, strict=True):
         torch.testing.assert_close(with_padding, without)
+
+
+def test_bf16_beam_candidates_get_float32_log_probs():
+    """A bf16 product rounds logits to 8 bits; beam search recomputes its candidates' logits
+    in float32 and corrects each row's logsumexp, so their log-probs are close to those of
+    float32 arithmetic on the same features and weights (the other tokens' rounding stays in
+    the logsumexp)."""
+    from rasa_hred.core.decoding import _float32_log_probs, best_continuations
+    from rasa_hred.core.reductions import logsumexp
+
+    torch.manual_seed(0)
+    config = HREDConfig(vocab_size=500, embedding_size=32, decoder_hidden=32)
+    model = HRED(config).eval()
+    with torch.no_grad():  # logits up to about 15, as a trained model's: steps of 1/16 there
+        model.output.weight.mul_(6)
+    model = model.to(torch.bfloat16)
+    context = torch.randn(6, config.context_hidden).to(torch.bfloat16)
+    with torch.inference_mode():
+        decoder = model.start_decoding(context)
+        logits, _ = decoder.logits(torch.full((6,), config.bos_id), decoder.initial_hidden())
+        assert decoder.features is not None
+        reference = torch.log_softmax(
+            decoder.features.float() @ model.output.weight.float().T + model.output.bias.float(),
+            dim=1,
+        )
+        log_norm = logsumexp(logits)
+        scores = torch.zeros(2, 3)
+        top, source, tokens = best_continuations(logits, scores - log_norm.view(2, 3), 6)
+        rows = torch.arange(2).unsqueeze(1) * 3 + source
+        expected = reference[rows, tokens]
+        rounded = logits[rows, tokens].float() - log_norm[rows]
+        found = _float32_log_probs(decoder, logits, log_norm, rows, tokens, top > -math.inf)
+    assert (rounded - expected).abs().max() > 0.01  # the case is one rounding matters in
+    assert (found - expected).abs().max() < 0.005
+
+
+def test_bf16_beam_search_ranks_on_float32_logits():
+    """Candidates that bf16 rounding ties (the same rounded logit) come out in their float32
+    order, with float32 log-probs."""
+    from rasa_hred.core.decoding import DecodingConfig, decode
+
+    torch.manual_seed(0)
+    config = HREDConfig(vocab_size=500, embedding_size=32, decoder_hidden=32)
+    model = HRED(config).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(6)
+    model = model.to(torch.bfloat16)
+    contexts = [[[2, 10 + i, 20 + i, 3]] for i in range(6)]
+    with torch.inference_mode():
+        vectors, memory = model.encode_contexts(contexts)
+        decoder = model.start_decoding(vectors, memory)
+        logits, _ = decoder.logits(torch.full((6,), config.bos_id), decoder.initial_hidden())
+        assert decoder.features is not None
+        weight, bias = model.output.weight.float(), model.output.bias.float()
+        reference = torch.log_softmax(decoder.features.float() @ weight.T + bias, dim=1)
+        rounded = torch.log_softmax(logits.float(), dim=1)
+    found = decode(model, contexts, DecodingConfig(beam_size=3, n_best=3, max_length=1))
+    worst_rounded = 0.0
+    for row, hypotheses in enumerate(found):
+        tokens = [h.tokens[0] for h in hypotheses]
+        exact = [reference[row, t].item() for t in tokens]
+        assert exact == sorted(exact, reverse=True)
+        for hypothesis, token in zip(hypotheses, tokens):
+            assert hypothesis.token_log_probs[0] == pytest.approx(reference[row, token], abs=1e-3)
+            worst_rounded = max(worst_rounded, abs(rounded[row, token] - reference[row, token]))
+    assert worst_rounded > 3e-3  # rounding matters here: bf16 log-probs would fail above

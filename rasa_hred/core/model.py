@@ -769,7 +769,6 @@ class DecoderSteps:
             hh = _Matmul(model, f"hh{layer}", packed, w_hh)
             self.layers.append((inputs, b_ih, hh, b_hh))
         out = model.output_input_weights()
-        self.context_out = F.linear(context, out.context, model.output_hidden.bias)
         # The state, the word and the attended words go through one product:
         # [state, word, attended] @ [W_state, W_word, W_attended].T
         self.state_and_word = _Matmul(
@@ -779,8 +778,11 @@ class DecoderSteps:
             model.output_hidden.weight,
             build=lambda: torch.cat([out.state, out.word, out.attended], dim=1),
         )
+        self.context_out = F.linear(context, out.context, model.output_hidden.bias)
         self.vocab = _Matmul(model, "vocab", packed, model.output.weight)
         self.vocab_bias = model.output.bias
+        self.output_weight, self.output_bias = model.output.weight, model.output.bias
+        self.features: Tensor | None = None  # the last step's input of the vocabulary product
 
     def repeat(self, times: int) -> None:
         """Every row becomes ``times`` consecutive rows (the beams of one conversation)."""
@@ -805,6 +807,16 @@ class DecoderSteps:
         logits, hidden = self.logits(previous, hidden)
         return F.log_softmax(logits, dim=-1, dtype=torch.float32), hidden
 
+    def exact_logits(self, rows: Tensor, tokens: Tensor) -> Tensor:
+        """The last step's logits of ``tokens`` in ``rows`` (same shape), summed in float32.
+        A bf16 product rounds its output to 8 bits (steps of 1/16 between 8 and 16), which
+        can swap near-tied candidates; beam search recomputes its candidates' logits here."""
+        assert self.features is not None, "exact_logits() reads the last step: call logits()"
+        features = self.features[rows.reshape(-1)].float()
+        weights = self.output_weight[tokens.reshape(-1)].float()
+        exact = torch.einsum("nh,nh->n", features, weights) + self.output_bias[tokens.reshape(-1)]
+        return exact.view(tokens.shape)
+
     def logits(self, previous: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """``step`` before the softmax: ([R, V] logits in the model's dtype, hidden). Beam
         search normalises only what it reads (``rasa_hred.core.reductions``)."""
@@ -825,7 +837,8 @@ class DecoderSteps:
         if self.query is not None:
             pieces.append(attend(self.query(x), self.memory, self.attended_size))
         out = self.state_and_word(torch.cat(pieces, dim=1), self.context_out)
-        logits = self.vocab(self.activation(out), self.vocab_bias)
+        self.features = self.activation(out)
+        logits = self.vocab(self.features, self.vocab_bias)
         new_hidden = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
         return logits, new_hidden
 
@@ -847,19 +860,30 @@ def _packs(weight: Tensor) -> bool:
     return weight.dtype == torch.float32
 
 
-# oneDNN-prepacked weights per model: name -> (key of the source parameters, packed weight).
-# The key (data pointers and in-place version counters) changes when a weight is loaded,
-# trained or moved, and the weight is then packed again.
-_PACKED: weakref.WeakKeyDictionary[HRED, dict[str, tuple[tuple[int, ...], Tensor]]] = (
-    weakref.WeakKeyDictionary()
-)
+# oneDNN-prepacked weights per model: name -> (key of the source parameters, (packed
+# weight, its padded copy or None)). The key (data pointers and in-place version counters)
+# changes when a weight is loaded, trained or moved, and the weight is then packed again.
+_PACKED: weakref.WeakKeyDictionary[
+    HRED, dict[str, tuple[tuple[int, ...], tuple[Tensor, _Tiled | None]]]
+] = weakref.WeakKeyDictionary()
+
+
+#: From this many rows on, a prepacked bf16 product runs on a copy of its weight padded with
+#: zeros to whole multiples of ``BF16_TILE`` in both dimensions: oneDNN's AMX kernels
+#: multiply bf16 in tiles of 32 and were several times slower on the remainders. Measured on
+#: 2 cores, bf16, 320 rows: 300 -> 10,004 took 4.6 ms, 320 -> 10,016 1.6 ms; 300 -> 900
+#: 0.24 ms, 320 -> 928 0.12 ms. Below 32 rows the padding's copies cost more than it saves
+#: (a decoder step at 5 rows: 0.69 ms padded, 0.60 ms not). float32: no gain.
+BF16_TILE = 32
+TILED_FROM_ROWS = 32
 
 
 class _Matmul:
     """``x @ W.T (+ bias)``. On the CPU ``W`` is prepacked for oneDNN where ``_packs`` says so
     (MKL's sgemm is several times slower for the few-row products of decoding on some CPUs,
     AMD's among them); elsewhere it is a plain ``addmm``. ``W`` is the parameter ``source``, or what
-    ``build`` makes from it (called only when ``W`` is not in the cache)."""
+    ``build`` makes from it (called only when ``W`` is not in the cache). A prepacked bf16
+    ``W`` also has a copy padded to ``BF16_TILE`` for products of many rows."""
 
     def __init__(
         self,
@@ -878,21 +902,47 @@ class _Matmul:
         key = _version_key(source)
         hit = cache.get(name)
         if key is not None and hit is not None and hit[0] == key:
-            self.weight = hit[1]
+            self.weight, self.tiled = hit[1]
             return
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(build().contiguous())
+        weight = build().contiguous()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight)
+        self.tiled = _Tiled(weight) if weight.dtype == torch.bfloat16 else None
         if key is not None:
-            cache[name] = (key, self.weight)
+            cache[name] = (key, (self.weight, self.tiled))
 
     def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """``bias`` is [out] or a per-row [R, out]."""
-        if self.packed:
-            if bias is None or bias.dim() == 1:
-                return torch.ops.mkldnn._linear_pointwise(x, self.weight, bias, "none", [], "")
-            return torch.ops.mkldnn._linear_pointwise.binary(x, bias, self.weight, None, "add")
-        if bias is None:
-            return x @ self.weight
-        return torch.addmm(bias, x, self.weight)
+        if not self.packed:
+            return x @ self.weight if bias is None else torch.addmm(bias, x, self.weight)
+        if self.tiled is not None and x.size(0) >= TILED_FROM_ROWS:
+            return self.tiled(x, bias)
+        return _linear(x, self.weight, bias)
+
+
+class _Tiled:
+    """A prepacked weight padded with zeros to whole tiles; inputs and biases are padded to
+    match, and the output is a view of the real columns."""
+
+    def __init__(self, weight: Tensor) -> None:
+        self.out_features = weight.size(0)
+        self.pad_out, self.pad_in = (-size % BF16_TILE for size in weight.shape)
+        padded = F.pad(weight, (0, self.pad_in, 0, self.pad_out)).contiguous()
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(padded)
+
+    def __call__(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        if self.pad_in:
+            x = F.pad(x, (0, self.pad_in))
+        if bias is not None and self.pad_out:
+            bias = F.pad(bias, (0, self.pad_out))
+        out = _linear(x, self.weight, bias)
+        return out[:, : self.out_features] if self.pad_out else out
+
+
+def _linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """oneDNN's product with a prepacked weight; ``bias`` is [out] or a per-row [R, out]."""
+    if bias is None or bias.dim() == 1:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise.binary(x, bias, packed, None, "add")
 
 
 def _version_key(source: Tensor) -> tuple[int, ...] | None:
