@@ -29,10 +29,14 @@ _POINTER = ctypes.c_void_p
 def _library() -> ctypes.CDLL | None:
     try:
         from rasa_hred.core import _reductions  # type: ignore[attr-defined]
+
+        library = ctypes.CDLL(_reductions.__file__)
     except ImportError:
         logger.debug("rasa_hred.core._reductions is not built: beam search reduces rows in PyTorch")
         return None
-    library = ctypes.CDLL(_reductions.__file__)
+    except OSError as error:  # built, but not loadable here (another machine's build)
+        logger.warning("rasa_hred.core._reductions does not load (%s): using PyTorch ops", error)
+        return None
     library.hred_logsumexp.argtypes = [_POINTER, ctypes.c_int, _LONG, _LONG, _LONG, _POINTER]
     library.hred_logsumexp.restype = None
     library.hred_block_max.argtypes = [_POINTER, ctypes.c_int, _LONG, _LONG, _LONG, _LONG, _POINTER]
