@@ -173,15 +173,18 @@ void hred_logsumexp(const void *data, int bf16, long rows, long vocab, long stri
     }
 }
 
-/* out[r, b] = max(x[r, b*block .. b*block + block - 1]) for the vocab / block whole blocks. */
+/* out[r, b] = max(x[r, b*block .. min(b*block + block, vocab) - 1]) for the
+ * ceil(vocab / block) blocks (the last one may be partial). */
 void hred_block_max(const void *data, int bf16, long rows, long vocab, long stride, long block,
                     float *out) {
     size_t width = bf16 ? 2 : 4;
-    long blocks = vocab / block;
+    long blocks = (vocab + block - 1) / block;
     for (long r = 0; r < rows; r++) {
         const char *row = (const char *)data + (size_t)(r * stride) * width;
-        for (long b = 0; b < blocks; b++)
-            out[r * blocks + b] = row_max(row + (size_t)(b * block) * width, bf16, block);
+        for (long b = 0; b < blocks; b++) {
+            long start = b * block, count = vocab - start < block ? vocab - start : block;
+            out[r * blocks + b] = row_max(row + (size_t)start * width, bf16, count);
+        }
     }
 }
 

@@ -311,14 +311,14 @@ def best_continuations(values: Tensor, offsets: Tensor, k: int) -> tuple[Tensor,
     tokens are cut into blocks of ``CANDIDATE_BLOCK``, a block's best total is its offset
     plus its largest value, and only the ``k`` blocks with the best of those are searched:
     every one of the ``k`` best totals lies in one of them (a block holding one is at least
-    as good as the k-th best total, and at most ``k`` blocks can be). The tokens past the
-    last whole block are always searched. Measured at the seed shape (2 cores): about 2x
+    as good as the k-th best total, and at most ``k`` blocks can be). The last block holds
+    the tokens left over. Measured at the seed shape (2 cores): about 2x
     faster than row-wise ``topk`` at 320 rows. Tied totals may come out in another order
     than a plain ``topk`` gives them."""
     live, beams = offsets.shape
     vocab = values.size(1)
     block = CANDIDATE_BLOCK
-    blocks = vocab // block
+    blocks = -(-vocab // block)
     device = values.device
     if blocks * beams <= 2 * k:  # too few blocks to skip any: scan everything
         totals = (offsets.reshape(-1, 1) + values.float()).view(live, beams * vocab)
@@ -328,19 +328,13 @@ def best_continuations(values: Tensor, offsets: Tensor, k: int) -> tuple[Tensor,
     picked = block_best.topk(k, dim=1, sorted=False).indices  # beam * blocks + block
     beam = picked // blocks  # [A, k]
     tokens = ((picked % blocks) * block).unsqueeze(2) + torch.arange(block, device=device)
+    past_end = tokens >= vocab  # in the last, partial block
+    tokens = tokens.clamp_(max=vocab - 1).view(live, k * block)
     beam_rows = torch.arange(live, device=device).unsqueeze(1) * beams + beam
-    totals = values[beam_rows.unsqueeze(2), tokens].float()
-    totals = (totals + offsets.gather(1, beam).unsqueeze(2)).view(live, k * block)
+    totals = values.take((beam_rows * vocab).repeat_interleave(block, dim=1) + tokens).float()
+    totals = totals.view(live, k, block).add_(offsets.gather(1, beam).unsqueeze(2))
+    totals = totals.masked_fill_(past_end, _NEG_INF).view(live, k * block)
     beams_of = beam.repeat_interleave(block, dim=1)
-    tokens = tokens.view(live, k * block)
-    rest = vocab - blocks * block
-    if rest:
-        tail = values[:, blocks * block :].float() + offsets.reshape(-1, 1)  # [A*K, rest]
-        totals = torch.cat([totals, tail.view(live, beams * rest)], dim=1)
-        tail_tokens = torch.arange(blocks * block, vocab, device=device).repeat(beams)
-        tail_beams = torch.arange(beams, device=device).repeat_interleave(rest)
-        tokens = torch.cat([tokens, tail_tokens.expand(live, -1)], dim=1)
-        beams_of = torch.cat([beams_of, tail_beams.expand(live, -1)], dim=1)
     top, index = totals.topk(k, dim=1)
     return top, beams_of.gather(1, index), tokens.gather(1, index)
 
@@ -363,14 +357,13 @@ def _float32_log_probs(
     tokens' rounding is left in. Measured, beam 5, 200 chit-chat contexts, bf16 vs float32:
     the same best reply for 182/200 (was 166) on an attention model and 181/200 (was 168)
     on the demo's."""
-    exact = decoder.exact_logits(rows, tokens)
-    norm = log_norm[rows]
-    rounded = logits[rows, tokens].float()
-    change = torch.where(live, (exact - norm).exp() - (rounded - norm).exp(), 0.0)
-    added = torch.zeros_like(log_norm).index_add_(0, rows.reshape(-1), change.reshape(-1))
+    exact = decoder.exact_logits(rows, tokens).masked_fill_(~live, _NEG_INF)
+    rounded = logits.take(rows * logits.size(1) + tokens).float()
+    # each term's share of its row's sum changes by p * (exp(exact - rounded) - 1)
+    change = (rounded - log_norm.take(rows)).exp() * (exact - rounded).nan_to_num_(0.0).expm1()
+    added = torch.zeros_like(log_norm).index_add_(0, rows.view(-1), change.view(-1))
     # the candidates' rounded terms are part of the sum, so `added` > -1 up to rounding
-    corrected = log_norm + torch.log1p(added.clamp(min=-1 + 1e-6))
-    return torch.where(live, exact - corrected[rows], _NEG_INF)
+    return exact - (log_norm + torch.log1p(added.clamp(min=-1 + 1e-6))).take(rows)
 
 
 def _beam_search(
@@ -416,7 +409,7 @@ def _beam_search(
         top_scores, source, tokens = best_continuations(logits, offsets, width)
         parents = base + source  # [A, width]: the row each candidate continues
         if logits.dtype == torch.float32:
-            token_lps = logits[parents, tokens] - log_norm[parents]
+            token_lps = logits.take(parents * vocab + tokens) - log_norm.take(parents)
         else:  # bf16 logits are rounded: rank the candidates on float32 ones
             live = top_scores > _NEG_INF
             token_lps = _float32_log_probs(decoder, logits, log_norm, parents, tokens, live)

@@ -812,10 +812,10 @@ class DecoderSteps:
         A bf16 product rounds its output to 8 bits (steps of 1/16 between 8 and 16), which
         can swap near-tied candidates; beam search recomputes its candidates' logits here."""
         assert self.features is not None, "exact_logits() reads the last step: call logits()"
-        features = self.features[rows.reshape(-1)].float()
-        weights = self.output_weight[tokens.reshape(-1)].float()
-        exact = torch.einsum("nh,nh->n", features, weights) + self.output_bias[tokens.reshape(-1)]
-        return exact.view(tokens.shape)
+        features = self.features.index_select(0, rows.view(-1)).float()
+        weights = self.output_weight.index_select(0, tokens.view(-1)).float()
+        exact = torch.linalg.vecdot(features, weights).view(tokens.shape)
+        return exact + self.output_bias.take(tokens)
 
     def logits(self, previous: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """``step`` before the softmax: ([R, V] logits in the model's dtype, hidden). Beam

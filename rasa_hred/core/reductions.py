@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
@@ -86,12 +88,13 @@ def logsumexp(logits: Tensor, *, native: bool = True) -> Tensor:
 
 
 def block_max(logits: Tensor, block: int, *, native: bool = True) -> Tensor:
-    """[R, V] -> [R, V // block] float32: the largest value of each whole block of ``block``
-    columns (the columns past the last whole block are left out)."""
+    """[R, V] -> [R, ceil(V / block)] float32: the largest value of each block of ``block``
+    columns (the last block holds the columns left over)."""
     rows, vocab = logits.shape
-    blocks = vocab // block
+    blocks = -(-vocab // block)
     if not (native and _reads_in_place(logits)):
-        return logits[:, : blocks * block].unflatten(1, (blocks, block)).amax(2).float()
+        padded = F.pad(logits, (0, blocks * block - vocab), value=-math.inf)
+        return padded.unflatten(1, (blocks, block)).amax(2).float()
     out = torch.empty(rows, blocks, dtype=torch.float32)
     bf16 = int(logits.dtype == torch.bfloat16)
     library = _library()
