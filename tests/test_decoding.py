@@ -509,6 +509,38 @@ def test_sampling_follows_the_distribution_and_never_draws_a_masked_token():
     assert torch.equal(rows, sample_tokens(log_probs[:3], generator=again))
 
 
+@pytest.mark.parametrize("draws", [decoding.NUCLEUS_DRAWS, 0], ids=["rejection", "explicit"])
+def test_top_p_sampling_follows_the_renormalised_nucleus(monkeypatch, draws):
+    """Draws outside the nucleus are drawn again (or, after NUCLEUS_DRAWS, the nucleus is
+    computed): either way the tokens follow the tempered distribution renormalised over the
+    nucleus, and masked tokens never come. 100 tokens: the last block of the inverse CDF is
+    partial."""
+    monkeypatch.setattr(decoding, "NUCLEUS_DRAWS", draws)
+    weights = torch.zeros(100)
+    weights[[3, 40, 70, 97, 99]] = torch.tensor([0.3, 0.25, 0.2, 0.15, 0.1])
+    weights[[10, 98]] = 0.0  # masked below
+    log_probs = weights.log()
+    temperature, top_p = 0.8, 0.7
+    tempered = (log_probs / temperature).softmax(-1)
+    nucleus = reference_nucleus(log_probs.unsqueeze(0) / temperature, top_p)[0]
+    expected = torch.where(nucleus, tempered, 0.0)
+    expected /= expected.sum()
+    generator = torch.Generator().manual_seed(11)
+    drawn = sample_tokens(
+        log_probs.expand(20000, -1).contiguous(), temperature, top_p=top_p, generator=generator
+    )
+    frequencies = torch.bincount(drawn, minlength=100).float() / len(drawn)
+    assert set(drawn.tolist()) == set(nucleus.nonzero().squeeze(1).tolist())
+    torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+
+
+def test_every_token_of_a_partial_last_block_can_be_drawn():
+    probs = torch.full((130,), 1 / 130)  # blocks of 64: 64 + 64 + 2
+    drawn = sample_tokens(probs.log().expand(40000, -1), generator=torch.Generator().manual_seed(3))
+    counts = torch.bincount(drawn, minlength=130)
+    assert counts.numel() == 130 and bool((counts > 150).all())
+
+
 # --- MMI-antiLM ----------------------------------------------------------------------------
 
 

@@ -110,3 +110,15 @@ def test_beam_search_is_the_same_without_the_c_code(
         for h, e in zip(found, expected, strict=True):
             assert h.score == pytest.approx(e.score, abs=1e-4)
             assert h.token_log_probs == pytest.approx(e.token_log_probs, abs=1e-4)
+
+
+@pytest.mark.parametrize("vocab", [5, 16, 8007])
+def test_mass_above_matches_pytorch(vocab: int) -> None:
+    probs = logits_like(7, vocab, torch.float32, seed=2).softmax(dim=1)
+    threshold = probs[:, 0].clone()
+    threshold[3] = -1.0  # everything is above it
+    threshold[4] = 2.0  # nothing is
+    found = reductions.mass_above(probs, threshold)
+    expected = reductions.mass_above(probs, threshold, native=False)
+    torch.testing.assert_close(found, expected, atol=1e-6, rtol=1e-5)
+    assert found[3] == pytest.approx(1.0, abs=1e-5) and found[4] == 0.0

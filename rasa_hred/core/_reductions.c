@@ -188,6 +188,23 @@ void hred_block_max(const void *data, int bf16, long rows, long vocab, long stri
     }
 }
 
+/* out[r] = the sum of the values of row r above threshold[r] (float32 rows): the mass of
+ * the tokens more likely than a drawn one (sampling's nucleus test). */
+void hred_mass_above(const float *data, long rows, long vocab, long stride,
+                     const float *threshold, float *out) {
+    for (long r = 0; r < rows; r++) {
+        const float *row = data + r * stride;
+        float limit = threshold[r], lane[16] = {0};
+        long i = 0;
+        for (; i + 16 <= vocab; i += 16)
+            for (int j = 0; j < 16; j++) lane[j] += row[i + j] > limit ? row[i + j] : 0.0f;
+        float total = 0.0f;
+        for (int j = 0; j < 16; j++) total += lane[j];
+        for (; i < vocab; i++) total += row[i] > limit ? row[i] : 0.0f;
+        out[r] = total;
+    }
+}
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_reductions", "Row reductions for beam search (see reductions.py).",
     -1, NULL, NULL, NULL, NULL, NULL,
