@@ -214,6 +214,16 @@ def test_padded_bf16_output_rows_leave_the_training_loss_and_its_gradients_alone
         torch.testing.assert_close(with_padding, without)
 
 
+def bf16_model_with_trained_logit_sizes() -> HRED:
+    """An untrained bf16 HRED whose logits reach about 15, as a trained model's do: bf16
+    rounds them in steps of 1/16 there."""
+    torch.manual_seed(0)
+    model = HRED(HREDConfig(vocab_size=500, embedding_size=32, decoder_hidden=32)).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(6)
+    return model.to(torch.bfloat16)
+
+
 def test_bf16_beam_candidates_get_float32_log_probs():
     """A bf16 product rounds logits to 8 bits; beam search recomputes its candidates' logits
     in float32 and corrects each row's logsumexp, so their log-probs are close to those of
@@ -222,12 +232,8 @@ def test_bf16_beam_candidates_get_float32_log_probs():
     from rasa_hred.core.decoding import _float32_log_probs, best_continuations
     from rasa_hred.core.reductions import logsumexp
 
-    torch.manual_seed(0)
-    config = HREDConfig(vocab_size=500, embedding_size=32, decoder_hidden=32)
-    model = HRED(config).eval()
-    with torch.no_grad():  # logits up to about 15, as a trained model's: steps of 1/16 there
-        model.output.weight.mul_(6)
-    model = model.to(torch.bfloat16)
+    model = bf16_model_with_trained_logit_sizes()
+    config = model.config
     context = torch.randn(6, config.context_hidden).to(torch.bfloat16)
     with torch.inference_mode():
         decoder = model.start_decoding(context)
@@ -253,12 +259,8 @@ def test_bf16_beam_search_ranks_on_float32_logits():
     order, with float32 log-probs."""
     from rasa_hred.core.decoding import DecodingConfig, decode
 
-    torch.manual_seed(0)
-    config = HREDConfig(vocab_size=500, embedding_size=32, decoder_hidden=32)
-    model = HRED(config).eval()
-    with torch.no_grad():
-        model.output.weight.mul_(6)
-    model = model.to(torch.bfloat16)
+    model = bf16_model_with_trained_logit_sizes()
+    config = model.config
     contexts = [[[2, 10 + i, 20 + i, 3]] for i in range(6)]
     with torch.inference_mode():
         vectors, memory = model.encode_contexts(contexts)
