@@ -57,10 +57,13 @@ from rasa_hred.errors import UserError
 METHODS = ("beam", "greedy", "sample")
 DEFAULT_BANNED: tuple[str, ...] = (UNK, PAD, BOS)
 # Decoding runs at most this many rows (conversations x beams) at once; more are chunked.
-# On a CPU the per-step [rows, vocabulary] tensors should stay cache-sized: beyond a few
-# hundred rows a larger batch is no faster per reply, only bigger.
+# On a CPU, since beam search stopped writing [rows, vocabulary] float tensors and bf16
+# products run on whole AMX tiles, larger chunks are faster per reply: 64 contexts at the
+# seed shape, 2 cores, bf16, against chunks of 256 rows, 320 rows at beam 5 gave 1.2x the
+# replies/s and 640-1,280 rows at beam 20 1.15-1.3x. A step at 1,024 rows holds 20 MB of
+# bf16 logits.
 MAX_ROWS = 16384
-MAX_ROWS_CPU = 256
+MAX_ROWS_CPU = 1024
 
 _NEG_INF = float("-inf")
 
