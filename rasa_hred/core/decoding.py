@@ -354,7 +354,7 @@ def _float32_log_probs(
     logits, for a step whose logits are bf16 (-inf where ``live`` is false).
 
     bf16 rounds a logit to 8 bits (steps of 1/16 between 8 and 16): near-tied candidates
-    swap, and 16% of replies changed on a trained attention model. The candidates' logits
+    swap, and 17% of replies changed on a trained attention model. The candidates' logits
     are recomputed in float32 (``DecoderSteps.exact_logits``), and each row's logsumexp is
     corrected by what the change of its candidates' terms adds to its sum; the remaining
     tokens' rounding is left in. Measured, beam 5, 200 chit-chat contexts, bf16 vs float32:
