@@ -135,11 +135,7 @@ static int use_avx512(void) {
 /* Tests run both paths: 0 = plain C, 1 = AVX-512 (where the CPU has it), -1 = ask the CPU.
  * Returns the path now in use. */
 int hred_choose_avx512(int choice) {
-    avx512_choice = choice;
-    if (choice == 1) {
-        avx512_choice = -1;
-        return use_avx512();
-    }
+    avx512_choice = choice == 1 ? -1 : choice; /* AVX-512 only where the CPU has it */
     return use_avx512();
 }
 #else

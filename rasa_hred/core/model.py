@@ -771,6 +771,7 @@ class DecoderSteps:
             hh = _Matmul(model, f"hh{layer}", packed, w_hh)
             self.layers.append((inputs, b_ih, hh, b_hh))
         out = model.output_input_weights()
+        self.context_out = F.linear(context, out.context, model.output_hidden.bias)
         # The state, the word and the attended words go through one product:
         # [state, word, attended] @ [W_state, W_word, W_attended].T
         self.state_and_word = _Matmul(
@@ -780,9 +781,7 @@ class DecoderSteps:
             model.output_hidden.weight,
             build=lambda: torch.cat([out.state, out.word, out.attended], dim=1),
         )
-        self.context_out = F.linear(context, out.context, model.output_hidden.bias)
         self.vocab = _Matmul(model, "vocab", packed, model.output.weight)
-        self.vocab_bias = model.output.bias
         self.output_weight, self.output_bias = model.output.weight, model.output.bias
         self.features: Tensor | None = None  # the last step's input of the vocabulary product
 
@@ -840,7 +839,7 @@ class DecoderSteps:
             pieces.append(attend(self.query(x), self.memory, self.attended_size))
         out = self.state_and_word(torch.cat(pieces, dim=1), self.context_out)
         self.features = self.activation(out)
-        logits = self.vocab(self.features, self.vocab_bias)
+        logits = self.vocab(self.features, self.output_bias)
         new_hidden = states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
         return logits, new_hidden
 
