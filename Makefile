@@ -36,7 +36,7 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py rasa_hred/core/_reductions.c
+$(STAMP): pyproject.toml setup.py rasa_hred/core/_kernels.c
 	@if [ -z "$(PYTHON)" ]; then \
 		echo "error: Python 3.10 not found. Install it (e.g. 'pyenv install 3.10.13' or your OS's python3.10 package) or pass PYTHON=/path/to/python3.10." >&2; \
 		exit 1; fi

@@ -230,7 +230,7 @@ def test_bf16_beam_candidates_get_float32_log_probs():
     float32 arithmetic on the same features and weights (the other tokens' rounding stays in
     the logsumexp)."""
     from rasa_hred.core.decoding import _float32_log_probs, best_continuations
-    from rasa_hred.core.reductions import logsumexp
+    from rasa_hred.core.kernels import logsumexp
 
     model = bf16_model_with_trained_logit_sizes()
     config = model.config

@@ -1,10 +1,12 @@
 """``rasa-hred bench train``: training throughput on synthetic MovieTriples-shaped data.
 
-The anchor (the seed's HRED, hsgodhia/hred) was measured at the seed's configuration
-(embeddings and hidden 300, vocabulary 10,004, batch 50, teacher forcing, loss on the last
-utterance only) on triples averaging ~53 tokens. This benchmark builds data of that shape and
-times full optimisation steps (forward, backward, clipping, Adam) after one untimed pass
-over its batches (a bf16 product's first run of each shape compiles a oneDNN kernel).
+The anchor (the seed's HRED, hsgodhia/hred) trained at the seed's configuration (embeddings
+and hidden 300, vocabulary 10,004, batch 50, teacher forcing, loss on the last utterance
+only) on triples averaging ~53 tokens. This benchmark builds data of that shape, times full
+optimisation steps (forward, backward, clipping, Adam) after one untimed pass over its
+batches (a bf16 product's first run of each shape compiles a oneDNN kernel), and on a CPU at
+batch 50 times the anchor's work in the same run (``rasa_hred/bench/anchor.py``), half before
+and half after the rest, so that the speedups are ratios of one run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 
+from rasa_hred.bench.anchor import AnchorRun
 from rasa_hred.bench.common import load_average, synchronize
 from rasa_hred.core.batching import DialogueIds, bucketed_batches, make_batch, padding_fraction
 from rasa_hred.core.checkpoint import resolve_device
@@ -117,23 +120,32 @@ def run(
     dialogues: int = 2000,
     seconds: float = 20.0,
     cpu_bf16: bool = True,
+    anchor_too: bool = True,
 ) -> dict[str, Any]:
     """Throughput with the loss on the last utterance and on all of them (and, on a CPU with
-    ``cpu_bf16``, under bfloat16 autocast). ``threads`` 0 leaves PyTorch's choice; no
-    ``batch_size`` means 50 on a CPU (the anchor's) and 256 on CUDA."""
+    ``cpu_bf16``, under bfloat16 autocast), and the anchor's (``anchor_too``; a CPU at batch
+    50 only). ``threads`` 0 leaves PyTorch's choice; no ``batch_size`` means 50 on a CPU (the
+    anchor's) and 256 on CUDA."""
     resolved = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     batch_size = batch_size or (256 if resolved.type == "cuda" else 50)
     data = synthetic_triples(max(dialogues, batch_size * 4))
+    # The anchor ran on a CPU at batch 50; its figure brackets ours (see the docstring).
+    anchor = None
+    if anchor_too and resolved.type == "cpu" and batch_size == 50:
+        anchor = AnchorRun(data, SEED_VOCAB, batch_size)
+        anchor.run(seconds / 2)
     model = HRED(seed_config()).to(resolved)
     last = measure(model, data, batch_size, "last", resolved, seconds)
     full = measure(model, data, batch_size, "all", resolved, seconds)
-    # On a CPU, also the opt-in bfloat16 autocast (`cpu_bf16: true` in training).
+    # On a CPU, also bfloat16 autocast (`cpu_bf16` in training).
     bf16 = None
     if resolved.type == "cpu" and cpu_bf16:
         bf16 = measure(model, data, batch_size, "last", resolved, seconds, cpu_bf16=True)
+    if anchor:
+        anchor.run(seconds / 2)
     result: dict[str, Any] = {
         "device": str(resolved) if resolved.type == "cpu" else torch.cuda.get_device_name(resolved),
         "threads": torch.get_num_threads(),
@@ -147,7 +159,7 @@ def run(
         "modelled_tokens_per_s_full_loss": full["modelled_tokens_per_s"],
         "padding_fraction": last["padding_fraction"],
         "tokens_per_s_cpu_bf16": bf16["tokens_per_s"] if bf16 else None,
-        "anchor_tokens_per_s": 5840 if batch_size == 50 else None,
+        "anchor_tokens_per_s": anchor.tokens_per_s() if anchor else None,
         "load_avg_1m": load_average(),  # other work on the machine skews CPU figures
     }
     # fp32 and bf16 side by side, as ratios of one run (the machine's speed drifts between runs)

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rasa_hred.core import reductions
+from rasa_hred.core import kernels
 from rasa_hred.core.fields import check_known_keys
 from rasa_hred.core.model import HRED, DecoderSteps, Memory
 from rasa_hred.core.vocab import BOS, PAD, PLACEHOLDERS, SPECIAL_TOKENS, UNK, Vocabulary
@@ -327,7 +327,7 @@ def best_continuations(values: Tensor, offsets: Tensor, k: int) -> tuple[Tensor,
         totals = (offsets.reshape(-1, 1) + values.float()).view(live, beams * vocab)
         top, index = totals.topk(k, dim=1)
         return top, index // vocab, index % vocab
-    block_best = (reductions.block_max(values, block) + offsets.reshape(-1, 1)).view(live, -1)
+    block_best = (kernels.block_max(values, block) + offsets.reshape(-1, 1)).view(live, -1)
     picked = block_best.topk(k, dim=1, sorted=False).indices  # beam * blocks + block
     beam = picked // blocks  # [A, k]
     tokens = ((picked % blocks) * block).unsqueeze(2) + torch.arange(block, device=device)
@@ -403,7 +403,7 @@ def _beam_search(
     for step in range(max_length):
         # log p = logit - log_norm: only the log-probs read below are ever computed
         logits, hidden = decoder.logits(previous, hidden)
-        log_norm = reductions.logsumexp(logits)
+        log_norm = kernels.logsumexp(logits)
         masker(logits, history[:, :step], step)
         eos_allowed = masker.eos_allowed(step)
         # the best 2K continuations hold the best K that are not </s> (K when </s> is out)
@@ -685,7 +685,7 @@ def _distribution(log_weights: Tensor) -> Tensor:
 
 def _in_nucleus(probs: Tensor, tokens: Tensor, top_p: float) -> Tensor:
     """Whether each row's token is in its nucleus: the more likely tokens hold < top_p."""
-    return reductions.mass_above(probs, probs.gather(1, tokens.unsqueeze(1)).squeeze(1)) < top_p
+    return kernels.mass_above(probs, probs.gather(1, tokens.unsqueeze(1)).squeeze(1)) < top_p
 
 
 def _rows_of(generator: Generators, rows: Tensor) -> Generators:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rasa_hred.core.fields import check_known_keys
+from rasa_hred.core.kernels import Workspace, dropout, linear_cross_entropy
 from rasa_hred.core.precision import cpu_has_bf16_units, stable_row_count
 from rasa_hred.core.recurrent import run_gru, use_stepwise_gru
 from rasa_hred.errors import UserError
@@ -318,8 +319,9 @@ class OutputInput(_Columns, Generic[T]):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout from a uniform mask: on CPUs ``rand >= p`` is several times faster
-    than the Bernoulli kernel behind ``nn.Dropout`` (same distribution)."""
+    """Inverted dropout (``kernels.dropout``): on CPUs its hashed mask is several times
+    faster than PyTorch's generator, itself faster than the Bernoulli kernel behind
+    ``nn.Dropout`` (the same distribution)."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -328,7 +330,7 @@ class Dropout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+        return dropout(x, self.p)
 
 
 class HRED(nn.Module):
@@ -378,6 +380,7 @@ class HRED(nn.Module):
         self.output = nn.Linear(c.embedding_size, c.vocab_size, bias=True)
         if c.tie_embeddings:
             self.output.weight = self.embedding.weight
+        self._logits_workspace = Workspace()  # training's logits, kept from step to step
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -434,6 +437,12 @@ class HRED(nn.Module):
     ) -> Tensor:
         """Logits from the decoder state, context, previous word and attended context words
         (rows are positions; ``attended`` has no columns without attention)."""
+        return self.output(self.output_features(decoder_state, context, previous, attended))
+
+    def output_features(
+        self, decoder_state: Tensor, context: Tensor, previous: Tensor, attended: Tensor
+    ) -> Tensor:
+        """What the output projection reads: ``output_logits`` before ``self.output``."""
         parts = OutputInput(
             state=decoder_state,
             context=context,
@@ -441,7 +450,7 @@ class HRED(nn.Module):
             attended=attended,
         )
         hidden = self.output_hidden(self.dropout(torch.cat(parts.in_order(), dim=-1)))
-        return self.output(self.dropout(self.output_activation(hidden)))
+        return self.dropout(self.output_activation(hidden))
 
     def output_activation(self, hidden: Tensor) -> Tensor:
         """Maxout over pairs of units (the paper's), or tanh when ``maxout`` is off. (The
@@ -581,19 +590,21 @@ class HRED(nn.Module):
         inputs, targets, mask = self._shift(utterances)
         if sampling_prob > 0.0:
             inputs = self._sample_inputs(inputs, targets, mask, context, memory, sampling_prob)
-        logits = self.teacher_forced_logits(inputs, mask, context, memory, padded=True)
+        features = self.teacher_forced_features(inputs, mask, context, memory, padded=True)
         gold = targets[mask]
-        # Rows past the real ones (``padded``) are ignored: slicing them off instead would
-        # cost a [K, V] zero-fill and copy in the backward pass.
-        padded_gold = F.pad(gold, (0, logits.size(0) - gold.size(0)), value=_IGNORED)
-        loss_sum = F.cross_entropy(
-            logits.float(), padded_gold, reduction="sum", ignore_index=_IGNORED
-        )
-        # The argmax over the vocabulary is only needed for evaluation's error rate.
-        if self.training:
-            correct = gold.new_zeros(())
-        else:
-            correct = (logits[: gold.size(0)].argmax(-1) == gold).sum()
+        if self.training:  # the output layer and the loss in one node (kernels.py)
+            # Rows past the real ones (``padded``) are ignored: slicing them off instead
+            # would cost a [K, V] zero-fill and copy in the backward pass.
+            padded_gold = F.pad(gold, (0, features.size(0) - gold.size(0)), value=_IGNORED)
+            loss_sum = linear_cross_entropy(
+                features, self.output.weight, self.output.bias, padded_gold, _IGNORED,
+                self._logits_workspace,
+            )  # fmt: skip
+            return {"loss_sum": loss_sum, "tokens": mask.sum(), "correct": gold.new_zeros(())}
+        # evaluation also counts argmax hits, for the paper's error rate
+        logits = self.output(features)[: gold.size(0)].float()
+        loss_sum = F.cross_entropy(logits, gold, reduction="sum")
+        correct = (logits.argmax(-1) == gold).sum()
         return {"loss_sum": loss_sum, "tokens": mask.sum(), "correct": correct}
 
     def token_log_probs(
@@ -631,18 +642,30 @@ class HRED(nn.Module):
         mask: Tensor,
         context: Tensor,
         memory: Memory | None = None,
-        padded: bool = False,
     ) -> Tensor:
         """Logits [K, V] at the K real target positions (``mask``, a prefix of each row) of
         [M, W] decoder ``inputs`` (``<s>`` and the words so far), row m decoded from
-        ``context[m]`` (and, with attention, ``memory`` row m). Padded steps are never run.
-        With ``padded``, the output layer's padding rows (``stable_row_count``) follow the K
-        real ones: the caller ignores them."""
+        ``context[m]`` (and, with attention, ``memory`` row m). Padded steps are never run."""
+        features = self.teacher_forced_features(inputs, mask, context, memory, padded=True)
+        return self.output(features)[: int(mask.sum())]
+
+    def teacher_forced_features(
+        self,
+        inputs: Tensor,
+        mask: Tensor,
+        context: Tensor,
+        memory: Memory | None = None,
+        padded: bool = False,
+    ) -> Tensor:
+        """What the output projection reads at those positions, [K, E]: ``teacher_forced_logits``
+        before ``self.output``. With ``padded``, the output layer's padding rows
+        (``stable_row_count``: few shapes for oneDNN) follow the K real ones: the caller
+        ignores them."""
         lengths = mask.sum(1).cpu()
         if not bool(lengths.all()):  # rows with nothing to predict cannot be packed
             rows = lengths.nonzero().squeeze(1)
             if rows.numel() == 0:
-                return context.new_zeros(0, self.config.vocab_size)
+                return context.new_zeros(0, self.config.embedding_size)
             lengths, device_rows = lengths[rows], rows.to(inputs.device)
             inputs, mask, context = inputs[device_rows], mask[device_rows], context[device_rows]
             memory = memory.select(device_rows) if memory is not None else None
@@ -669,8 +692,8 @@ class HRED(nn.Module):
             states, contexts = F.pad(states, (0, 0, 0, extra)), F.pad(contexts, (0, 0, 0, extra))
             attended = F.pad(attended, (0, 0, 0, extra))
             previous = F.pad(previous, (0, extra), value=self.config.pad_id)
-        logits = self.output_logits(states, contexts, previous, attended)
-        return logits if padded or not extra else logits[:count]
+        features = self.output_features(states, contexts, previous, attended)
+        return features if padded or not extra else features[:count]
 
     def _decoded_utterances(
         self, batch: DialogueBatch, loss_on: LossOn
@@ -820,7 +843,7 @@ class DecoderSteps:
 
     def logits(self, previous: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """``step`` before the softmax: ([R, V] logits in the model's dtype, hidden). Beam
-        search normalises only what it reads (``rasa_hred.core.reductions``)."""
+        search normalises only what it reads (``rasa_hred.core.kernels``)."""
         size = self.hidden_size
         word = F.embedding(previous, self.embedding)
         states = []

@@ -1,0 +1,390 @@
+/* CPU kernels: row reductions over a decoder step's logits (beam search, sampling) and
+ * training's softmax cross-entropy and dropout.
+ *
+ * Beam search needs, for each row of [rows, vocabulary] logits, the log of its softmax's
+ * denominator (logsumexp) and the largest logit of each block of tokens. PyTorch computes
+ * them in passes that each write a [rows, vocabulary] tensor (the bfloat16 -> float cast,
+ * log_softmax, then the block amax); these read the row where it is and write only the
+ * results. Training's loss reads the logits once forward and once backward, writing only the
+ * gradient; dropout hashes its mask from (seed, index) instead of drawing and storing it.
+ * Tensors are bfloat16 or float32; rows are `stride` elements apart.
+ *
+ * Called through ctypes (rasa_hred/core/kernels.py), which releases the GIL. The module
+ * init exists only so that setuptools builds and installs this file like any extension.
+ * On x86-64 CPUs with AVX-512 the loops are AVX-512 intrinsics (chosen once, at run time);
+ * elsewhere they are plain C.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX512_PATH 1
+#endif
+
+#define LOG2E 1.44269504088896341f
+
+typedef union {
+    uint32_t bits;
+    float value;
+} word;
+
+static inline float bf16_to_float(uint16_t value) {
+    word w = {.bits = (uint32_t)value << 16};
+    return w.value;
+}
+
+static inline float element(const char *row, int bf16, long i) {
+    return bf16 ? bf16_to_float(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+}
+
+/* x[i] + bias[i]: the output layer's bias is added where the logits are read (NULL: none). */
+static inline float biased(const char *row, int bf16, const float *bias, long i) {
+    return element(row, bf16, i) + (bias ? bias[i] : 0.0f);
+}
+
+/* 2^t for t <= 0, relative error below 2e-7; 0 below 2^-126 (no subnormals: they are slow
+ * and worth nothing next to the row's largest term, which is 1). The AVX-512 path computes
+ * the same polynomial. */
+static const float EXP2_POLY[6] = {1.8775767e-3f, 8.9893397e-3f, 5.5826318e-2f,
+                                   2.4015361e-1f, 6.9315308e-1f, 9.9999994e-1f};
+
+static inline float exp2_nonpositive(float t) {
+    t = t < -126.0f ? -127.0f : t;
+    float whole = floorf(t);
+    float f = t - whole;
+    float p = EXP2_POLY[0];
+    for (int k = 1; k < 6; k++) p = p * f + EXP2_POLY[k];
+    word scale = {.bits = (uint32_t)((int32_t)whole + 127) << 23};
+    return p * scale.value;
+}
+
+/* --- plain C ------------------------------------------------------------------------- */
+
+static float plain_max(const char *row, int bf16, const float *bias, long count) {
+    float best = -INFINITY;
+    for (long i = 0; i < count; i++) {
+        float x = biased(row, bf16, bias, i);
+        best = x > best ? x : best;
+    }
+    return best;
+}
+
+static float plain_sum_exp(const char *row, int bf16, const float *bias, long count, float shift) {
+    double total = 0.0; /* a float sum of 10,000 terms would drift by about 1e-5 */
+    for (long i = 0; i < count; i++) total += exp2_nonpositive((biased(row, bf16, bias, i) - shift) * LOG2E);
+    return (float)total;
+}
+
+/* --- AVX-512 ------------------------------------------------------------------------- */
+
+#ifdef HAVE_AVX512_PATH
+#define AVX512 __attribute__((target("avx512f")))
+
+/* 16 elements from i on, as floats. */
+AVX512 static inline __m512 load16(const char *row, int bf16, long i) {
+    if (bf16) {
+        __m256i half = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+    }
+    return _mm512_loadu_ps((const float *)row + i);
+}
+
+/* 16 elements from i on plus the bias' (NULL: none). */
+AVX512 static inline __m512 load16b(const char *row, int bf16, const float *bias, long i) {
+    __m512 x = load16(row, bf16, i);
+    return bias ? _mm512_add_ps(x, _mm512_loadu_ps(bias + i)) : x;
+}
+
+AVX512 static inline __m512 exp2_nonpositive16(__m512 t) {
+    t = _mm512_max_ps(t, _mm512_set1_ps(-127.0f));
+    __m512 whole = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, whole);
+    __m512 p = _mm512_set1_ps(EXP2_POLY[0]);
+    for (int k = 1; k < 6; k++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_POLY[k]));
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(whole), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+AVX512 static float avx512_max(const char *row, int bf16, const float *bias, long count) {
+    __m512 a = _mm512_set1_ps(-INFINITY), b = a;
+    long i = 0;
+    for (; i + 32 <= count; i += 32) {
+        a = _mm512_max_ps(a, load16b(row, bf16, bias, i));
+        b = _mm512_max_ps(b, load16b(row, bf16, bias, i + 16));
+    }
+    for (; i + 16 <= count; i += 16) a = _mm512_max_ps(a, load16b(row, bf16, bias, i));
+    float best = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
+    float rest = plain_max(row + i * (bf16 ? 2 : 4), bf16, bias ? bias + i : NULL, count - i);
+    return rest > best ? rest : best;
+}
+
+AVX512 static float avx512_sum_exp(const char *row, int bf16, const float *bias, long count,
+                                   float shift) {
+    __m512 scale = _mm512_set1_ps(LOG2E), offset = _mm512_set1_ps(shift * LOG2E);
+    __m512 a = _mm512_setzero_ps(), b = a;
+    long i = 0;
+    for (; i + 32 <= count; i += 32) {
+        a = _mm512_add_ps(a, exp2_nonpositive16(_mm512_fmsub_ps(load16b(row, bf16, bias, i), scale, offset)));
+        b = _mm512_add_ps(b, exp2_nonpositive16(_mm512_fmsub_ps(load16b(row, bf16, bias, i + 16), scale, offset)));
+    }
+    for (; i + 16 <= count; i += 16)
+        a = _mm512_add_ps(a, exp2_nonpositive16(_mm512_fmsub_ps(load16b(row, bf16, bias, i), scale, offset)));
+    return _mm512_reduce_add_ps(_mm512_add_ps(a, b)) +
+           plain_sum_exp(row + i * (bf16 ? 2 : 4), bf16, bias ? bias + i : NULL, count - i, shift);
+}
+
+static int avx512_choice = -1; /* -1: ask the CPU */
+
+static int use_avx512(void) {
+    if (avx512_choice < 0) {
+        __builtin_cpu_init();
+        avx512_choice = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return avx512_choice;
+}
+
+/* Tests run both paths: 0 = plain C, 1 = AVX-512 (where the CPU has it), -1 = ask the CPU.
+ * Returns the path now in use. */
+int hred_choose_avx512(int choice) {
+    avx512_choice = choice == 1 ? -1 : choice; /* AVX-512 only where the CPU has it */
+    return use_avx512();
+}
+#else
+static int use_avx512(void) { return 0; }
+int hred_choose_avx512(int choice) { return (void)choice, 0; }
+#endif
+
+static float row_max(const char *row, int bf16, const float *bias, long count) {
+#ifdef HAVE_AVX512_PATH
+    if (use_avx512()) return avx512_max(row, bf16, bias, count);
+#endif
+    return plain_max(row, bf16, bias, count);
+}
+
+static float row_sum_exp(const char *row, int bf16, const float *bias, long count, float shift) {
+#ifdef HAVE_AVX512_PATH
+    if (use_avx512()) return avx512_sum_exp(row, bf16, bias, count, shift);
+#endif
+    return plain_sum_exp(row, bf16, bias, count, shift);
+}
+
+/* --- exported ------------------------------------------------------------------------ */
+
+/* out[r] = log(sum_i exp(x[r, i])); -inf for a row with no finite value. */
+void hred_logsumexp(const void *data, int bf16, long rows, long vocab, long stride, float *out) {
+    size_t width = bf16 ? 2 : 4;
+    for (long r = 0; r < rows; r++) {
+        const char *row = (const char *)data + (size_t)(r * stride) * width;
+        float shift = row_max(row, bf16, NULL, vocab);
+        out[r] = isfinite(shift) ? shift + logf(row_sum_exp(row, bf16, NULL, vocab, shift)) : shift;
+    }
+}
+
+/* out[r, b] = max(x[r, b*block .. min(b*block + block, vocab) - 1]) for the
+ * ceil(vocab / block) blocks (the last one may be partial). */
+void hred_block_max(const void *data, int bf16, long rows, long vocab, long stride, long block,
+                    float *out) {
+    size_t width = bf16 ? 2 : 4;
+    long blocks = (vocab + block - 1) / block;
+    for (long r = 0; r < rows; r++) {
+        const char *row = (const char *)data + (size_t)(r * stride) * width;
+        for (long b = 0; b < blocks; b++) {
+            long start = b * block, count = vocab - start < block ? vocab - start : block;
+            out[r * blocks + b] = row_max(row + (size_t)start * width, bf16, NULL, count);
+        }
+    }
+}
+
+/* out[r] = the sum of the values of row r above threshold[r] (float32 rows): the mass of
+ * the tokens more likely than a drawn one (sampling's nucleus test). */
+void hred_mass_above(const float *data, long rows, long vocab, long stride,
+                     const float *threshold, float *out) {
+    for (long r = 0; r < rows; r++) {
+        const float *row = data + r * stride;
+        float limit = threshold[r], lane[16] = {0};
+        long i = 0;
+        for (; i + 16 <= vocab; i += 16)
+            for (int j = 0; j < 16; j++) lane[j] += row[i + j] > limit ? row[i + j] : 0.0f;
+        float total = 0.0f;
+        for (int j = 0; j < 16; j++) total += lane[j];
+        for (; i < vocab; i++) total += row[i] > limit ? row[i] : 0.0f;
+        out[r] = total;
+    }
+}
+
+/* --- softmax cross-entropy (training's loss over the output layer's logits) ------------ */
+
+/* The logits are x[r, i] + bias[i] (bias: NULL for none). For every row whose target is not
+ * `ignore`: lse[r] = log(sum_i exp(logit[r, i])) and loss[r] = lse[r] - logit[r, target[r]];
+ * both 0 for an ignored row. */
+void hred_xent_forward(const void *data, int bf16, long rows, long vocab, long stride,
+                       const float *bias, const int64_t *targets, int64_t ignore, float *lse,
+                       float *loss) {
+    size_t width = bf16 ? 2 : 4;
+    for (long r = 0; r < rows; r++) {
+        lse[r] = loss[r] = 0.0f;
+        if (targets[r] == ignore) continue;
+        const char *row = (const char *)data + (size_t)(r * stride) * width;
+        float shift = row_max(row, bf16, bias, vocab);
+        lse[r] = shift + logf(row_sum_exp(row, bf16, bias, vocab, shift));
+        loss[r] = lse[r] - biased(row, bf16, bias, targets[r]);
+    }
+}
+
+/* float -> bfloat16, rounded to nearest even (the values here are finite). */
+static inline uint16_t float_to_bf16(float value) {
+    word w = {.value = value};
+    return (uint16_t)((w.bits + 0x7FFFu + ((w.bits >> 16) & 1u)) >> 16);
+}
+
+static inline void store(char *out, int bf16, long i, float value) {
+    if (bf16) ((uint16_t *)out)[i] = float_to_bf16(value);
+    else ((float *)out)[i] = value;
+}
+
+/* out[i] = scale * exp(logit[i] - lse), and bias_grad[i] += it (bias_grad may be NULL); `out`
+ * may be the row itself. */
+static void plain_xent_row(const char *row, int bf16, const float *bias, long vocab, float lse,
+                           float scale, char *out, float *bias_grad) {
+    for (long i = 0; i < vocab; i++) {
+        float g = scale * exp2_nonpositive((biased(row, bf16, bias, i) - lse) * LOG2E);
+        store(out, bf16, i, g);
+        if (bias_grad) bias_grad[i] += g;
+    }
+}
+
+#ifdef HAVE_AVX512_PATH
+AVX512 static void avx512_xent_row(const char *row, int bf16, const float *bias, long vocab,
+                                   float lse, float scale, char *out, float *bias_grad) {
+    __m512 log2e = _mm512_set1_ps(LOG2E), offset = _mm512_set1_ps(lse * LOG2E);
+    __m512 factor = _mm512_set1_ps(scale);
+    long i = 0;
+    for (; i + 16 <= vocab; i += 16) {
+        __m512 t = _mm512_fmsub_ps(load16b(row, bf16, bias, i), log2e, offset);
+        __m512 g = _mm512_mul_ps(exp2_nonpositive16(t), factor);
+        if (bias_grad) _mm512_storeu_ps(bias_grad + i, _mm512_add_ps(_mm512_loadu_ps(bias_grad + i), g));
+        if (bf16) {
+            __m512i bits = _mm512_castps_si512(g);
+            __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+            bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+            _mm256_storeu_si256((__m256i *)((uint16_t *)out + i),
+                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+        } else {
+            _mm512_storeu_ps((float *)out + i, g);
+        }
+    }
+    size_t width = bf16 ? 2 : 4;
+    plain_xent_row(row + i * width, bf16, bias ? bias + i : NULL, vocab - i, lse, scale,
+                   out + i * width, bias_grad ? bias_grad + i : NULL);
+}
+#endif
+
+/* The loss' gradient with respect to the logits, written over them (the same rows, `stride`
+ * apart, the same dtype): scale * (softmax(logit[r])[i] - (i == target[r])), zeros in an
+ * ignored row. bias_grad (NULL: none) accumulates its column sums, the bias' gradient. */
+void hred_xent_backward(void *data, int bf16, long rows, long vocab, long stride,
+                        const float *bias, const int64_t *targets, int64_t ignore,
+                        const float *lse, float scale, float *bias_grad) {
+    size_t width = bf16 ? 2 : 4;
+    for (long r = 0; r < rows; r++) {
+        char *row = (char *)data + (size_t)(r * stride) * width;
+        if (targets[r] == ignore) {
+            memset(row, 0, (size_t)vocab * width);
+            continue;
+        }
+        long t = targets[r];
+        float target_logit = biased(row, bf16, bias, t); /* read before the row is overwritten */
+#ifdef HAVE_AVX512_PATH
+        if (use_avx512()) avx512_xent_row(row, bf16, bias, vocab, lse[r], scale, row, bias_grad);
+        else
+#endif
+            plain_xent_row(row, bf16, bias, vocab, lse[r], scale, row, bias_grad);
+        store(row, bf16, t, scale * (exp2_nonpositive((target_logit - lse[r]) * LOG2E) - 1.0f));
+        if (bias_grad) bias_grad[t] -= scale;
+    }
+}
+
+/* --- dropout ---------------------------------------------------------------------------- */
+
+/* Element i's uniform 32-bit draw under `seed`: two rounds of MurmurHash3's finalizer over
+ * the counter. It depends on (seed, i) only, so a chunk of a tensor can be drawn anywhere,
+ * and the backward pass draws the forward pass' mask again instead of storing it. */
+static inline uint32_t mix32(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    return h ^ (h >> 16);
+}
+
+static inline uint32_t draw(uint64_t seed, uint32_t i) {
+    return mix32(mix32(i + (uint32_t)seed) ^ (uint32_t)(seed >> 32));
+}
+
+static void plain_dropout(const char *x, int bf16, long first, long count, uint64_t seed,
+                          uint32_t threshold, float scale, char *out) {
+    for (long i = 0; i < count; i++) {
+        store(out, bf16, i, draw(seed, (uint32_t)(first + i)) >= threshold ? element(x, bf16, i) * scale : 0.0f);
+    }
+}
+
+#ifdef HAVE_AVX512_PATH
+AVX512 static inline __m512i mix32x16(__m512i h) {
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32((int)0x85EBCA6Bu));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32((int)0xC2B2AE35u));
+    return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+}
+
+AVX512 static void avx512_dropout(const char *x, int bf16, long first, long count, uint64_t seed,
+                                  uint32_t threshold, float scale, char *out) {
+    __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i low = _mm512_set1_epi32((int)(uint32_t)seed), high = _mm512_set1_epi32((int)(uint32_t)(seed >> 32));
+    __m512i limit = _mm512_set1_epi32((int)threshold);
+    __m512 factor = _mm512_set1_ps(scale);
+    long i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m512i counter = _mm512_add_epi32(_mm512_set1_epi32((int)(uint32_t)(first + i)), lanes);
+        __m512i h = mix32x16(_mm512_xor_si512(mix32x16(_mm512_add_epi32(counter, low)), high));
+        __mmask16 keep = _mm512_cmpge_epu32_mask(h, limit);
+        __m512 v = _mm512_maskz_mul_ps(keep, load16(x, bf16, i), factor);
+        if (bf16) {
+            __m512i bits = _mm512_castps_si512(v);
+            __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+            bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+            _mm256_storeu_si256((__m256i *)((uint16_t *)out + i),
+                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+        } else {
+            _mm512_storeu_ps((float *)out + i, v);
+        }
+    }
+    size_t width = bf16 ? 2 : 4;
+    plain_dropout(x + i * width, bf16, first + i, count - i, seed, threshold, scale, out + i * width);
+}
+#endif
+
+/* Elements first .. first + count - 1 of a tensor under dropout: out[i] = x[i] * scale where
+ * the element's draw is >= threshold (kept with probability 1 - threshold / 2^32), else 0.
+ * `x` and `out` point at element `first`; both bf16 or both float32. */
+void hred_dropout(const void *x, int bf16, long first, long count, uint64_t seed,
+                  uint32_t threshold, float scale, void *out) {
+#ifdef HAVE_AVX512_PATH
+    if (use_avx512()) {
+        avx512_dropout(x, bf16, first, count, seed, threshold, scale, out);
+        return;
+    }
+#endif
+    plain_dropout(x, bf16, first, count, seed, threshold, scale, out);
+}
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernels", "CPU kernels for decoding and training (see kernels.py).",
+    -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
