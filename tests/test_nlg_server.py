@@ -519,12 +519,14 @@ def test_the_access_log_says_what_sanic_logs_without_the_token():
 
 async def test_max_events_above_ten_thousand_is_honoured(generator, domain):
     """--max-events is the one cap on the events read: above 10,000 too."""
-    events = [{"event": "user", "text": "tell me about jaws"}]
+    without = generator.generate([[]])[0].text
+    # a user message that changes the tiny model's reply (which one depends on its training)
+    candidates = ["tell me about jaws", "hello", "what is your name?", "do you like movies?"]
+    replies = {text: generator.generate([[text]])[0].text for text in candidates}
+    text, with_it = next((t, r) for t, r in replies.items() if r != without)
+    events = [{"event": "user", "text": text}]
     events += [{"event": "slot", "name": "genre", "value": str(i)} for i in range(15_000)]
     body = request_body("utter_hred", events)
-    with_it = generator.generate([["tell me about jaws"]])[0].text
-    without = generator.generate([[]])[0].text
-    assert with_it != without
     for max_events, expected in [(20_000, with_it), (10_000, without)]:
         app = create_app(generator, domain, max_events=max_events)
         async with client(app) as (base, session), session.post(f"{base}/nlg", json=body) as r:
