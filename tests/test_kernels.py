@@ -224,6 +224,14 @@ class Holder:
     """Something a weak reference can point at, as the autograd node is."""
 
 
+def test_linear_cross_entropy_refuses_a_second_backward_pass() -> None:
+    features, weight, bias, targets = output_layer(30, 40)
+    loss = kernels.linear_cross_entropy(features, weight, bias, targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backwards only once"):
+        loss.backward()
+
+
 def test_linear_cross_entropy_refuses_a_target_outside_the_vocabulary() -> None:
     features, weight, bias, _ = output_layer(6, 10)
     targets = torch.tensor([1, 2, 10, -100, 0, 9])

@@ -68,7 +68,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--cpu-bf16",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="bfloat16 autocast on the CPU (about 2x faster on CPUs with AVX512-BF16/AMX) [off]",
+        help="bfloat16 autocast on the CPU [auto: where the CPU has AMX-BF16 or AVX512-BF16]",
     )
     train.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar [on]"

@@ -248,6 +248,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_sum: Tensor) -> tuple[Tensor | None, ...]:
+        if ctx.workspace is None:  # the logits were overwritten by the first backward pass
+            raise RuntimeError("linear_cross_entropy's graph can be run backwards only once")
         inputs, matrix, logits, lse, targets, offsets = ctx.saved_tensors
         rows, vocab = logits.shape
         parts = _parts(rows, _ROWS_PER_THREAD)
@@ -275,6 +277,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if bias_grads is not None and ctx.needs_input_grad[2]:
             grad_bias = bias_grads.sum(0).to(bias_dtype)
         ctx.workspace.release(ctx)
+        ctx.workspace = None
         return grad_features, grad_weight, grad_bias, None, None, None
 
 
