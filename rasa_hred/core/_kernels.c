@@ -109,7 +109,9 @@ AVX512 static inline __m512 exp2_nonpositive16(__m512 t) {
     return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
-AVX512 static float avx512_max(const char *row, int bf16, const float *bias, long count) {
+#define INLINE __attribute__((always_inline)) inline
+
+AVX512 static INLINE float avx512_max_of(const char *row, int bf16, const float *bias, long count) {
     __m512 a = _mm512_set1_ps(-INFINITY), b = a;
     long i = 0;
     for (; i + 32 <= count; i += 32) {
@@ -122,8 +124,13 @@ AVX512 static float avx512_max(const char *row, int bf16, const float *bias, lon
     return rest > best ? rest : best;
 }
 
-AVX512 static float avx512_sum_exp(const char *row, int bf16, const float *bias, long count,
-                                   float shift) {
+/* The loop compiled twice, so that decoding's rows (no bias) test for none only here. */
+AVX512 static float avx512_max(const char *row, int bf16, const float *bias, long count) {
+    return bias ? avx512_max_of(row, bf16, bias, count) : avx512_max_of(row, bf16, NULL, count);
+}
+
+AVX512 static INLINE float avx512_sum_exp_of(const char *row, int bf16, const float *bias,
+                                            long count, float shift) {
     __m512 scale = _mm512_set1_ps(LOG2E), offset = _mm512_set1_ps(shift * LOG2E);
     __m512 a = _mm512_setzero_ps(), b = a;
     long i = 0;
@@ -135,6 +142,12 @@ AVX512 static float avx512_sum_exp(const char *row, int bf16, const float *bias,
         a = _mm512_add_ps(a, exp2_nonpositive16(_mm512_fmsub_ps(load16b(row, bf16, bias, i), scale, offset)));
     return _mm512_reduce_add_ps(_mm512_add_ps(a, b)) +
            plain_sum_exp(row + i * (bf16 ? 2 : 4), bf16, bias ? bias + i : NULL, count - i, shift);
+}
+
+AVX512 static float avx512_sum_exp(const char *row, int bf16, const float *bias, long count,
+                                   float shift) {
+    return bias ? avx512_sum_exp_of(row, bf16, bias, count, shift)
+                : avx512_sum_exp_of(row, bf16, NULL, count, shift);
 }
 
 static int avx512_choice = -1; /* -1: ask the CPU */
