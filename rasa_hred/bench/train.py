@@ -5,8 +5,8 @@ and hidden 300, vocabulary 10,004, batch 50, teacher forcing, loss on the last u
 only) on triples averaging ~53 tokens. This benchmark builds data of that shape, times full
 optimisation steps (forward, backward, clipping, Adam) after one untimed pass over its
 batches (a bf16 product's first run of each shape compiles a oneDNN kernel), and on a CPU at
-batch 50 times the anchor's work in the same run (``rasa_hred/bench/anchor.py``), half before
-and half after the rest, so that the speedups are ratios of one run.
+batch 50 times the anchor's work in the same run (``rasa_hred/bench/anchor.py``). Every
+setting is timed in slices taken in turns, so that the speedups are ratios of one run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rasa_hred.bench.anchor import AnchorRun
 from rasa_hred.bench.common import load_average, synchronize
 from rasa_hred.core.batching import DialogueIds, bucketed_batches, make_batch, padding_fraction
 from rasa_hred.core.checkpoint import resolve_device
-from rasa_hred.core.model import HRED, HREDConfig, LossOn
+from rasa_hred.core.model import HRED, DialogueBatch, HREDConfig, LossOn
 from rasa_hred.core.training import adam, autocast
 
 SEED_VOCAB = 10_004
@@ -56,60 +56,74 @@ def seed_config(**overrides: Any) -> HREDConfig:
     return HREDConfig(**(values | overrides))
 
 
-def measure(
-    model: HRED,
-    data: list[DialogueIds],
-    batch_size: int,
-    loss_on: LossOn,
-    device: torch.device,
-    seconds: float,
-    cpu_bf16: bool = False,
-) -> dict[str, float]:
-    """Run optimisation steps for about ``seconds`` after one untimed pass over the batches
-    and report throughput."""
-    optimizer = adam(model.parameters(), lr=5e-4)  # the trainer's
-    batches = [
-        make_batch(data, indices, model.config.pad_id)
-        for indices in bucketed_batches(data, batch_size, rng=random.Random(0))
-    ]
-    # One untimed pass first: oneDNN compiles a kernel for every new shape of a bf16
-    # product, once per process, so a training run pays for that in its first epoch only.
-    warmup = len(batches)
-    model.train()
-    dialogues = tokens = modelled = steps = 0
-    started = None
-    for step in range(10**9):
-        batch = batches[step % len(batches)].to(device)
-        with autocast(device, cpu_bf16=cpu_bf16):
-            out = model(batch, loss_on=loss_on)
-        optimizer.zero_grad(set_to_none=True)
+class StepRun:
+    """Our optimisation steps in one setting (loss on the last or on all utterances, bf16
+    autocast or not), timed in slices that a benchmark interleaves with the other settings'
+    and the anchor's, so that the machine's drift within a run weighs on all of them alike."""
+
+    def __init__(
+        self,
+        model: HRED,
+        data: list[DialogueIds],
+        batch_size: int,
+        loss_on: LossOn,
+        device: torch.device,
+        cpu_bf16: bool = False,
+    ) -> None:
+        self.model, self.loss_on, self.device, self.cpu_bf16 = model, loss_on, device, cpu_bf16
+        self.optimizer = adam(model.parameters(), lr=5e-4)  # the trainer's
+        self.batches = [
+            make_batch(data, indices, model.config.pad_id)
+            for indices in bucketed_batches(data, batch_size, rng=random.Random(0))
+        ]
+        self.steps = self.dialogues = self.tokens = self.modelled = 0
+        self.seconds = 0.0
+        # One untimed pass first: oneDNN compiles a kernel for every new shape of a bf16
+        # product, once per process, so a training run pays for that in its first epoch only.
+        for batch in self.batches:
+            self._step(batch)
+
+    def _step(self, batch: DialogueBatch) -> int:
+        """One optimisation step; returns the tokens it modelled."""
+        self.model.train()
+        batch = batch.to(self.device)
+        with autocast(self.device, cpu_bf16=self.cpu_bf16):
+            out = self.model(batch, loss_on=self.loss_on)
+        self.optimizer.zero_grad(set_to_none=True)
         (out["loss_sum"] / out["tokens"]).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if step + 1 == warmup:
-            synchronize(device)
-            started = time.perf_counter()
-            continue
-        if started is None:
-            continue
-        steps += 1
-        dialogues += len(batch.turns)
-        tokens += batch.num_tokens()
-        modelled += int(out["tokens"])
-        if steps % 4 == 0:
-            synchronize(device)
-            if time.perf_counter() - started >= seconds:
-                break
-    synchronize(device)
-    elapsed = time.perf_counter() - (started or time.perf_counter())
-    return {
-        "tokens_per_s": tokens / elapsed,
-        "dialogues_per_s": dialogues / elapsed,
-        "modelled_tokens_per_s": modelled / elapsed,
-        "steps": steps,
-        "seconds": elapsed,
-        "padding_fraction": padding_fraction(batches),
-    }
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return int(out["tokens"])
+
+    def run(self, seconds: float) -> None:
+        """Optimisation steps for about ``seconds`` more (at least four)."""
+        synchronize(self.device)
+        started = time.perf_counter()
+        while True:
+            batch = self.batches[self.steps % len(self.batches)]
+            self.modelled += self._step(batch)
+            self.steps += 1
+            self.dialogues += len(batch.turns)
+            self.tokens += batch.num_tokens()
+            if self.steps % 4 == 0:
+                synchronize(self.device)
+                if (elapsed := time.perf_counter() - started) >= seconds:
+                    break
+        self.seconds += elapsed
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "tokens_per_s": self.tokens / self.seconds,
+            "dialogues_per_s": self.dialogues / self.seconds,
+            "modelled_tokens_per_s": self.modelled / self.seconds,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "padding_fraction": padding_fraction(self.batches),
+        }
+
+
+# Each setting's seconds are split into this many slices, taken in turns.
+ROUNDS = 4
 
 
 def run(
@@ -124,28 +138,31 @@ def run(
 ) -> dict[str, Any]:
     """Throughput with the loss on the last utterance and on all of them (and, on a CPU with
     ``cpu_bf16``, under bfloat16 autocast), and the anchor's (``anchor_too``; a CPU at batch
-    50 only). ``threads`` 0 leaves PyTorch's choice; no ``batch_size`` means 50 on a CPU (the
-    anchor's) and 256 on CUDA."""
+    50 only), each timed for ``seconds`` in ``ROUNDS`` interleaved slices. ``threads`` 0
+    leaves PyTorch's choice; no ``batch_size`` means 50 on a CPU (the anchor's) and 256 on
+    CUDA."""
     resolved = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     batch_size = batch_size or (256 if resolved.type == "cuda" else 50)
     data = synthetic_triples(max(dialogues, batch_size * 4))
-    # The anchor ran on a CPU at batch 50; its figure brackets ours (see the docstring).
-    anchor = None
-    if anchor_too and resolved.type == "cpu" and batch_size == 50:
-        anchor = AnchorRun(data, SEED_VOCAB, batch_size)
-        anchor.run(seconds / 2)
     model = HRED(seed_config()).to(resolved)
-    last = measure(model, data, batch_size, "last", resolved, seconds)
-    full = measure(model, data, batch_size, "all", resolved, seconds)
-    # On a CPU, also bfloat16 autocast (`cpu_bf16` in training).
-    bf16 = None
-    if resolved.type == "cpu" and cpu_bf16:
-        bf16 = measure(model, data, batch_size, "last", resolved, seconds, cpu_bf16=True)
-    if anchor:
-        anchor.run(seconds / 2)
+    ours = {
+        "last": StepRun(model, data, batch_size, "last", resolved),
+        "all": StepRun(model, data, batch_size, "all", resolved),
+    }
+    if resolved.type == "cpu" and cpu_bf16:  # bf16 autocast (`cpu_bf16` in training)
+        ours["bf16"] = StepRun(model, data, batch_size, "last", resolved, cpu_bf16=True)
+    anchor = None
+    if anchor_too and resolved.type == "cpu" and batch_size == 50:  # where the anchor ran
+        anchor = AnchorRun(data, SEED_VOCAB, batch_size)
+    timed: list[StepRun | AnchorRun] = [*ours.values(), *([anchor] if anchor else [])]
+    for _ in range(ROUNDS):
+        for setting in timed:
+            setting.run(seconds / ROUNDS)
+    last, full = ours["last"].figures(), ours["all"].figures()
+    bf16 = ours["bf16"].figures() if "bf16" in ours else None
     result: dict[str, Any] = {
         "device": str(resolved) if resolved.type == "cpu" else torch.cuda.get_device_name(resolved),
         "threads": torch.get_num_threads(),
@@ -165,8 +182,8 @@ def run(
     # fp32 and bf16 side by side, as ratios of one run (the machine's speed drifts between runs)
     if bf16:
         result["cpu_bf16_speedup"] = bf16["tokens_per_s"] / last["tokens_per_s"]
-    if anchor := result["anchor_tokens_per_s"]:
-        result["speedup_vs_anchor"] = result["tokens_per_s"] / anchor
+    if anchor_rate := result["anchor_tokens_per_s"]:
+        result["speedup_vs_anchor"] = result["tokens_per_s"] / anchor_rate
         if bf16:
-            result["speedup_vs_anchor_cpu_bf16"] = bf16["tokens_per_s"] / anchor
+            result["speedup_vs_anchor_cpu_bf16"] = bf16["tokens_per_s"] / anchor_rate
     return result

@@ -32,8 +32,9 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
             "loss on the last utterance (tokens_per_s, the anchor's work) and on all "
             "utterances after the first (tokens_per_s_full_loss), in float32 and under "
             "bfloat16 autocast. On a CPU at batch 50 the anchor's training work "
-            "(hsgodhia/hred, rebuilt in rasa_hred/bench/anchor.py) is timed in the same run, "
-            "half before and half after, for speedup_vs_anchor(_cpu_bf16)."
+            "(hsgodhia/hred, rebuilt in rasa_hred/bench/anchor.py) is timed in the same run "
+            "for speedup_vs_anchor(_cpu_bf16); each setting's seconds are taken in four "
+            "slices, in turns with the others'."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -45,7 +46,7 @@ def _add_bench_train(sub: argparse._SubParsersAction) -> None:
         "--seconds",
         type=float,
         default=20.0,
-        help="timed seconds per loss mode, after an untimed pass over the batches",
+        help="timed seconds per setting, after an untimed pass over the batches",
     )
     bench.add_argument(
         "--cpu-bf16",

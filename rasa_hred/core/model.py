@@ -437,18 +437,15 @@ class HRED(nn.Module):
     ) -> Tensor:
         """Logits from the decoder state, context, previous word and attended context words
         (rows are positions; ``attended`` has no columns without attention)."""
-        return self.output(self.output_features(decoder_state, context, previous, attended))
+        word = self.embedding(previous)
+        return self.output(self.output_features(decoder_state, context, word, attended))
 
     def output_features(
-        self, decoder_state: Tensor, context: Tensor, previous: Tensor, attended: Tensor
+        self, decoder_state: Tensor, context: Tensor, word: Tensor, attended: Tensor
     ) -> Tensor:
-        """What the output projection reads: ``output_logits`` before ``self.output``."""
-        parts = OutputInput(
-            state=decoder_state,
-            context=context,
-            word=self.embedding(previous),
-            attended=attended,
-        )
+        """What the output projection reads: ``output_logits`` before ``self.output``, from
+        the previous word's embedding ``word``."""
+        parts = OutputInput(state=decoder_state, context=context, word=word, attended=attended)
         hidden = self.output_hidden(self.dropout(torch.cat(parts.in_order(), dim=-1)))
         return self.dropout(self.output_activation(hidden))
 
@@ -670,9 +667,11 @@ class HRED(nn.Module):
             inputs, mask, context = inputs[device_rows], mask[device_rows], context[device_rows]
             memory = memory.select(device_rows) if memory is not None else None
         hidden = self.initial_decoder_state(context)
-        embedded = self.dropout(self.embedding(inputs))
+        # One lookup for the decoder's input and the output layer's previous word: each
+        # lookup's backward pass zero-fills a [vocabulary, embedding] gradient.
+        words = self.embedding(inputs)
         steps = context.unsqueeze(1).expand(-1, inputs.size(1), -1)
-        decoder_inputs = self.decoder_input(embedded, steps)
+        decoder_inputs = self.decoder_input(self.dropout(words), steps)
         if use_stepwise_gru(decoder_inputs):  # training on a CPU: see core/recurrent.py
             decoder_out, _ = run_gru(self.decoder, decoder_inputs, lengths, hidden)
         else:
@@ -685,14 +684,16 @@ class HRED(nn.Module):
             attended = attend(self.attention_query(decoder_out), memory, size)[mask]
         else:
             attended = decoder_out.new_zeros(int(mask.sum()), 0)
-        states, contexts, previous = decoder_out[mask], steps[mask], inputs[mask]
-        count = len(previous)
+        # ``context.index_select`` rather than ``steps[mask]``: the backward pass of a mask
+        # over the expanded [M, W, Hc] view would fill that whole shape
+        positions = mask.nonzero()[:, 0]
+        states, contexts, word = decoder_out[mask], context.index_select(0, positions), words[mask]
+        count = len(word)
         extra = stable_row_count(count, self.output.weight) - count  # few shapes for oneDNN
-        if extra:
+        if extra:  # zero rows: their targets are ignored
             states, contexts = F.pad(states, (0, 0, 0, extra)), F.pad(contexts, (0, 0, 0, extra))
-            attended = F.pad(attended, (0, 0, 0, extra))
-            previous = F.pad(previous, (0, extra), value=self.config.pad_id)
-        features = self.output_features(states, contexts, previous, attended)
+            attended, word = F.pad(attended, (0, 0, 0, extra)), F.pad(word, (0, 0, 0, extra))
+        features = self.output_features(states, contexts, word, attended)
         return features if padded or not extra else features[:count]
 
     def _decoded_utterances(
