@@ -99,6 +99,18 @@ AVX512 static inline __m512 load16b(const char *row, int bf16, const float *bias
     return bias ? _mm512_add_ps(x, _mm512_loadu_ps(bias + i)) : x;
 }
 
+/* 16 floats to out[i..], as bf16 (rounded to nearest even; the values are finite) or float32. */
+AVX512 static inline void store16(char *out, int bf16, long i, __m512 v) {
+    if (!bf16) {
+        _mm512_storeu_ps((float *)out + i, v);
+        return;
+    }
+    __m512i bits = _mm512_castps_si512(v);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    _mm256_storeu_si256((__m256i *)((uint16_t *)out + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+}
+
 AVX512 static inline __m512 exp2_nonpositive16(__m512 t) {
     t = _mm512_max_ps(t, _mm512_set1_ps(-127.0f));
     __m512 whole = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
@@ -280,15 +292,7 @@ AVX512 static void avx512_xent_row(const char *row, int bf16, const float *bias,
         __m512 t = _mm512_fmsub_ps(load16b(row, bf16, bias, i), log2e, offset);
         __m512 g = _mm512_mul_ps(exp2_nonpositive16(t), factor);
         if (bias_grad) _mm512_storeu_ps(bias_grad + i, _mm512_add_ps(_mm512_loadu_ps(bias_grad + i), g));
-        if (bf16) {
-            __m512i bits = _mm512_castps_si512(g);
-            __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-            bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-            _mm256_storeu_si256((__m256i *)((uint16_t *)out + i),
-                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
-        } else {
-            _mm512_storeu_ps((float *)out + i, g);
-        }
+        store16(out, bf16, i, g);
     }
     size_t width = bf16 ? 2 : 4;
     plain_xent_row(row + i * width, bf16, bias ? bias + i : NULL, vocab - i, lse, scale,
@@ -366,15 +370,7 @@ AVX512 static void avx512_dropout(const char *x, int bf16, long first, long coun
         __m512i h = mix32x16(_mm512_xor_si512(mix32x16(_mm512_add_epi32(counter, low)), high));
         __mmask16 keep = _mm512_cmpge_epu32_mask(h, limit);
         __m512 v = _mm512_maskz_mul_ps(keep, load16(x, bf16, i), factor);
-        if (bf16) {
-            __m512i bits = _mm512_castps_si512(v);
-            __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-            bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-            _mm256_storeu_si256((__m256i *)((uint16_t *)out + i),
-                                _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
-        } else {
-            _mm512_storeu_ps((float *)out + i, v);
-        }
+        store16(out, bf16, i, v);
     }
     size_t width = bf16 ? 2 : 4;
     plain_dropout(x + i * width, bf16, first + i, count - i, seed, threshold, scale, out + i * width);
