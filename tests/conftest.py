@@ -111,6 +111,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(params=[True, False], ids=["avx512", "plain"])
+def loops(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """The C kernels' AVX-512 loops, then their plain C loops (``core/kernels.py``)."""
+    from rasa_hred.core import kernels
+
+    in_use = kernels.choose_avx512(request.param)
+    if request.param and not in_use:
+        pytest.skip("this CPU has no AVX-512")  # the plain loops are still checked
+    yield in_use
+    kernels.choose_avx512(None)
+
+
 @pytest.fixture(scope="session")
 def tiny_hred(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small HRED trained for a few epochs on the bundled chatterbot corpus."""

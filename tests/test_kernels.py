@@ -4,8 +4,6 @@ cross-entropy and dropout."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,15 +18,6 @@ INF = float("inf")
 def test_the_extension_is_built() -> None:
     # setup.py marks it optional, so a failed build would otherwise pass unnoticed
     assert kernels.compiled()
-
-
-@pytest.fixture(params=[True, False], ids=["avx512", "plain"])
-def loops(request: pytest.FixtureRequest) -> Iterator[bool]:
-    in_use = kernels.choose_avx512(request.param)
-    if request.param and not in_use:
-        pytest.skip("this CPU has no AVX-512")  # the plain loops are still checked
-    yield in_use
-    kernels.choose_avx512(None)
 
 
 def logits_like(rows: int, vocab: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """core/recurrent.run_gru: the stepwise GRU that training on a CPU uses instead of nn.GRU's
-packed path must compute the same function, with the same gradients."""
+packed path must compute the same function, with the same gradients, and so must its C
+recurrence (core/kernels.gru_layer) against the same recurrence in PyTorch ops."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from rasa_hred.core import kernels
 from rasa_hred.core.model import HRED, DialogueBatch, HREDConfig
 from rasa_hred.core.recurrent import run_gru, use_stepwise_gru
 
@@ -48,6 +50,66 @@ def test_run_gru_matches_packed_nn_gru_with_gradients(
         torch.testing.assert_close(got, want)
 
 
+def _run_both_ways(
+    gru: nn.GRU,
+    inputs: torch.Tensor,
+    lengths: torch.Tensor,
+    hidden: torch.Tensor,
+    loss: str,
+    bf16: bool = False,
+) -> list[tuple[torch.Tensor, ...]]:
+    """Outputs, final states and the gradients of ``loss`` (reading the outputs, the final
+    states or both), from the C recurrence and from PyTorch ops."""
+    steps = int(lengths.max())  # the outputs' length
+    weights = torch.randn(len(inputs), steps, gru.hidden_size * (1 + gru.bidirectional))
+    results = []
+    for native in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out, final = run_gru(gru, inputs, lengths, hidden, native=native)
+        value = torch.zeros(())
+        if loss in ("outputs", "both"):
+            value = value + (out.float() * weights).sum()
+        if loss in ("final", "both"):
+            value = value + final.float().pow(2).sum()
+        grads = torch.autograd.grad(value, [inputs, hidden, *gru.parameters()])
+        results.append(tuple(t.detach() for t in (out.float(), final.float(), *grads)))
+    return results
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("loss", ["outputs", "final", "both"])
+def test_the_c_recurrence_matches_pytorch_ops_in_float32(
+    loops: bool, layers: int, bidirectional: bool, loss: str
+) -> None:
+    assert kernels.compiled()
+    torch.manual_seed(layers + 2 * bidirectional)
+    # 37 units: two 16-wide blocks and a remainder, so both loops of each kind run
+    gru = nn.GRU(13, 37, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    for weight in gru.parameters():  # large enough to saturate some gates
+        nn.init.normal_(weight, std=0.7)
+    lengths = torch.tensor([3, 1, 6, 6, 2, 5, 6])
+    inputs = torch.randn(7, 7, 13, requires_grad=True)
+    hidden = torch.randn(layers * (1 + bidirectional), 7, 37, requires_grad=True)
+    native, ops = _run_both_ways(gru, inputs, lengths, hidden, loss)
+    for got, want in zip(native, ops):  # float32 rounding, relative to each tensor's scale
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_the_c_recurrence_under_bf16_autocast_stays_close_to_pytorch_ops() -> None:
+    """bf16 products on both sides (rounded at different points), float32 state in both."""
+    torch.manual_seed(0)
+    gru = nn.GRU(40, 48, batch_first=True)
+    lengths = torch.randint(1, 12, (30,))
+    inputs = torch.randn(30, 12, 40, requires_grad=True)
+    hidden = torch.randn(1, 30, 48, requires_grad=True)
+    native, ops = _run_both_ways(gru, inputs, lengths, hidden, "both", bf16=True)
+    assert native[0].dtype == ops[0].dtype == torch.float32
+    for got, want in zip(native, ops):
+        relative = float((got - want).norm() / want.norm())
+        assert relative < 0.02, relative
+
+
 def test_the_model_uses_it_only_where_gradients_flow_on_a_cpu() -> None:
     x = torch.zeros(2, 3)
     assert use_stepwise_gru(x)
@@ -56,9 +118,13 @@ def test_the_model_uses_it_only_where_gradients_flow_on_a_cpu() -> None:
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_training_loss_equals_the_inference_paths_loss(bidirectional: bool) -> None:
-    """The model's forward with gradients (stepwise GRUs) and without (nn.GRU packed) give
-    the same loss: the two paths cannot drift apart."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["ops", "c"])
+def test_training_loss_equals_the_inference_paths_loss(
+    bidirectional: bool, dtype: torch.dtype
+) -> None:
+    """The model's forward with gradients (stepwise GRUs: PyTorch ops in float64, the C
+    recurrence in float32) and without (nn.GRU packed) give the same loss: the two paths
+    cannot drift apart."""
     rng = random.Random(0)
     torch.manual_seed(0)
     config = HREDConfig(
@@ -73,7 +139,7 @@ def test_training_loss_equals_the_inference_paths_loss(bidirectional: bool) -> N
         bidirectional=bidirectional,
         dropout=0.0,
     )
-    model = HRED(config).double()
+    model = HRED(config).to(dtype)
     dialogues = [
         [
             [1, *(rng.randrange(3, 50) for _ in range(rng.randrange(0, 9))), 2]

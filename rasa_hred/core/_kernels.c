@@ -1,5 +1,5 @@
 /* CPU kernels: row reductions over a decoder step's logits (beam search, sampling) and
- * training's softmax cross-entropy and dropout.
+ * training's softmax cross-entropy, dropout and GRU steps.
  *
  * Beam search needs, for each row of [rows, vocabulary] logits, the log of its softmax's
  * denominator (logsumexp) and the largest logit of each block of tokens. PyTorch computes
@@ -389,6 +389,175 @@ void hred_dropout(const void *x, int bf16, long first, long count, uint64_t seed
     }
 #endif
     plain_dropout(x, bf16, first, count, seed, threshold, scale, out);
+}
+
+/* --- GRU cell (training's recurrences) -------------------------------------------------- */
+
+/* A GRU layer's step for the rows still running: with a = gi + gh + bias (gi = x W_ih^T + b_ih
+ * and gh = h W_hh^T, each [rows, 3H] in the order r, z, n),
+ *   r = sigmoid(a_r), z = sigmoid(a_z), n = tanh(gi_n + r * (gh_n + bias_n)),
+ *   h' = n + z * (h - n).
+ * PyTorch runs this as a dozen small ops a step forward and twice as many backward, each a
+ * tensor and an autograd node; here it is one pass per step each way. The hidden state and
+ * everything saved for the backward pass stay in float32; gi, gh and the products' inputs are
+ * bf16 or float32 (the dtype of the products). */
+
+/* sigmoid(x) and tanh(x) from 2^t with t <= 0, so that they cannot overflow. */
+static inline float plain_sigmoid(float x) {
+    float e = exp2_nonpositive(-fabsf(x) * LOG2E), inverse = 1.0f / (1.0f + e);
+    return x >= 0.0f ? inverse : e * inverse;
+}
+
+static inline float plain_tanh(float x) {
+    float e = exp2_nonpositive(-2.0f * fabsf(x) * LOG2E), t = (1.0f - e) / (1.0f + e);
+    return x >= 0.0f ? t : -t;
+}
+
+/* Columns first .. size - 1 of a row's forward step (see hred_gru_forward). */
+static void plain_gru_forward_row(const char *gi, const char *gh, int bf16, const float *bias,
+                                  const float *h, long first, long size, float *out, char *next,
+                                  float *saved) {
+    for (long j = first; j < size; j++) {
+        float r = plain_sigmoid(element(gi, bf16, j) + element(gh, bf16, j) + bias[j]);
+        float z = plain_sigmoid(element(gi, bf16, size + j) + element(gh, bf16, size + j) + bias[size + j]);
+        float hidden_n = element(gh, bf16, 2 * size + j) + bias[2 * size + j];
+        float n = plain_tanh(element(gi, bf16, 2 * size + j) + r * hidden_n);
+        float value = n + z * (h[j] - n);
+        out[j] = value;
+        if (next) store(next, bf16, j, value);
+        saved[j] = r, saved[size + j] = z, saved[2 * size + j] = n, saved[3 * size + j] = hidden_n;
+    }
+}
+
+/* Columns first .. size - 1 of a row's backward step (see hred_gru_backward). */
+static void plain_gru_backward_row(const float *saved, const float *h, const float *grad_out,
+                                   float *dh, long first, long size, char *dgi, char *dgh,
+                                   int bf16) {
+    for (long j = first; j < size; j++) {
+        float r = saved[j], z = saved[size + j], n = saved[2 * size + j], hidden_n = saved[3 * size + j];
+        float g = dh[j] + (grad_out ? grad_out[j] : 0.0f);
+        float dn = g * (1.0f - z) * (1.0f - n * n);
+        float dz = g * (h[j] - n) * z * (1.0f - z);
+        float dr = dn * hidden_n * r * (1.0f - r);
+        store(dgi, bf16, j, dr), store(dgi, bf16, size + j, dz), store(dgi, bf16, 2 * size + j, dn);
+        store(dgh, bf16, j, dr), store(dgh, bf16, size + j, dz), store(dgh, bf16, 2 * size + j, dn * r);
+        dh[j] = g * z;
+    }
+}
+
+#ifdef HAVE_AVX512_PATH
+AVX512 static inline __m512 sigmoid16(__m512 x) {
+    __m512 magnitude = _mm512_abs_ps(x);
+    __m512 e = exp2_nonpositive16(_mm512_mul_ps(magnitude, _mm512_set1_ps(-LOG2E)));
+    __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_mul_ps(inverse, negative, e, inverse);
+}
+
+AVX512 static inline __m512 tanh16(__m512 x) {
+    __m512 magnitude = _mm512_abs_ps(x), one = _mm512_set1_ps(1.0f);
+    __m512 e = exp2_nonpositive16(_mm512_mul_ps(magnitude, _mm512_set1_ps(-2.0f * LOG2E)));
+    __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+    __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign));
+}
+
+AVX512 static void avx512_gru_forward_row(const char *gi, const char *gh, int bf16,
+                                          const float *bias, const float *h, long size,
+                                          float *out, char *next, float *saved) {
+    size_t width = bf16 ? 2 : 4;
+    const char *gi_z = gi + size * width, *gi_n = gi + 2 * size * width;
+    const char *gh_z = gh + size * width, *gh_n = gh + 2 * size * width;
+    long j = 0;
+    for (; j + 16 <= size; j += 16) {
+        __m512 r = sigmoid16(_mm512_add_ps(_mm512_add_ps(load16(gi, bf16, j), load16(gh, bf16, j)), _mm512_loadu_ps(bias + j)));
+        __m512 z = sigmoid16(_mm512_add_ps(_mm512_add_ps(load16(gi_z, bf16, j), load16(gh_z, bf16, j)), _mm512_loadu_ps(bias + size + j)));
+        __m512 hidden_n = _mm512_add_ps(load16(gh_n, bf16, j), _mm512_loadu_ps(bias + 2 * size + j));
+        __m512 n = tanh16(_mm512_fmadd_ps(r, hidden_n, load16(gi_n, bf16, j)));
+        __m512 value = _mm512_fmadd_ps(z, _mm512_sub_ps(_mm512_loadu_ps(h + j), n), n);
+        _mm512_storeu_ps(out + j, value);
+        if (next) store16(next, bf16, j, value);
+        _mm512_storeu_ps(saved + j, r), _mm512_storeu_ps(saved + size + j, z);
+        _mm512_storeu_ps(saved + 2 * size + j, n), _mm512_storeu_ps(saved + 3 * size + j, hidden_n);
+    }
+    plain_gru_forward_row(gi, gh, bf16, bias, h, j, size, out, next, saved);
+}
+
+AVX512 static void avx512_gru_backward_row(const float *saved, const float *h,
+                                           const float *grad_out, float *dh, long size,
+                                           char *dgi, char *dgh, int bf16) {
+    size_t width = bf16 ? 2 : 4;
+    __m512 one = _mm512_set1_ps(1.0f);
+    long j = 0;
+    for (; j + 16 <= size; j += 16) {
+        __m512 r = _mm512_loadu_ps(saved + j), z = _mm512_loadu_ps(saved + size + j);
+        __m512 n = _mm512_loadu_ps(saved + 2 * size + j), hidden_n = _mm512_loadu_ps(saved + 3 * size + j);
+        __m512 g = _mm512_loadu_ps(dh + j);
+        if (grad_out) g = _mm512_add_ps(g, _mm512_loadu_ps(grad_out + j));
+        __m512 dn = _mm512_mul_ps(_mm512_mul_ps(g, _mm512_sub_ps(one, z)), _mm512_fnmadd_ps(n, n, one));
+        __m512 dz = _mm512_mul_ps(_mm512_mul_ps(g, _mm512_sub_ps(_mm512_loadu_ps(h + j), n)),
+                                  _mm512_mul_ps(z, _mm512_sub_ps(one, z)));
+        __m512 dr = _mm512_mul_ps(_mm512_mul_ps(dn, hidden_n), _mm512_mul_ps(r, _mm512_sub_ps(one, r)));
+        store16(dgi, bf16, j, dr), store16(dgi + size * width, bf16, j, dz);
+        store16(dgi + 2 * size * width, bf16, j, dn);
+        store16(dgh, bf16, j, dr), store16(dgh + size * width, bf16, j, dz);
+        store16(dgh + 2 * size * width, bf16, j, _mm512_mul_ps(dn, r));
+        _mm512_storeu_ps(dh + j, _mm512_mul_ps(g, z));
+    }
+    plain_gru_backward_row(saved, h, grad_out, dh, j, size, dgi, dgh, bf16);
+}
+#endif
+
+/* One forward step of a GRU layer over `rows` rows of hidden size `size`. Row i reads gi at
+ * gi + i * gi_stride, gh at gh + i * 3 * size (bf16 or float32, per `bf16`), h (float32) at
+ * h + i * h_stride; it writes h' (float32) at out + i * out_stride, r, z, n and gh_n + bias_n
+ * (float32) at saved + i * 4 * size for the backward pass, and, for the first `carried` rows
+ * (those that run the next step), h' in gi's dtype at next + i * size: the next step's product
+ * input. `next` may be NULL when `carried` is 0. */
+void hred_gru_forward(const void *gi, long gi_stride, const void *gh, int bf16, const float *bias,
+                      const float *h, long h_stride, long rows, long size, float *out,
+                      long out_stride, void *next, long carried, float *saved) {
+    size_t width = bf16 ? 2 : 4;
+    for (long i = 0; i < rows; i++) {
+        const char *gi_row = (const char *)gi + (size_t)(i * gi_stride) * width;
+        const char *gh_row = (const char *)gh + (size_t)(i * 3 * size) * width;
+        char *next_row = i < carried ? (char *)next + (size_t)(i * size) * width : NULL;
+#ifdef HAVE_AVX512_PATH
+        if (use_avx512()) {
+            avx512_gru_forward_row(gi_row, gh_row, bf16, bias, h + i * h_stride, size,
+                                   out + i * out_stride, next_row, saved + i * 4 * size);
+            continue;
+        }
+#endif
+        plain_gru_forward_row(gi_row, gh_row, bf16, bias, h + i * h_stride, 0, size,
+                              out + i * out_stride, next_row, saved + i * 4 * size);
+    }
+}
+
+/* One backward step of a GRU layer, the forward step's rows in reverse. dh (float32, rows
+ * `size` apart) holds the gradient with respect to h' from the steps after this one (or the
+ * final state's); grad_out (NULL: none; rows grad_stride apart) adds the output's. Writes the
+ * gradients with respect to gi (rows dgi_stride apart) and to gh + bias (rows 3 * size apart),
+ * both in the products' dtype, and leaves in dh the part of h's gradient that does not pass
+ * through W_hh (dh * z): the caller adds dgh W_hh. h is this step's input state, as forward. */
+void hred_gru_backward(const float *saved, const float *h, long h_stride, const float *grad_out,
+                       long grad_stride, float *dh, long rows, long size, void *dgi,
+                       long dgi_stride, void *dgh, int bf16) {
+    size_t width = bf16 ? 2 : 4;
+    for (long i = 0; i < rows; i++) {
+        const float *grad_row = grad_out ? grad_out + i * grad_stride : NULL;
+        char *dgi_row = (char *)dgi + (size_t)(i * dgi_stride) * width;
+        char *dgh_row = (char *)dgh + (size_t)(i * 3 * size) * width;
+#ifdef HAVE_AVX512_PATH
+        if (use_avx512()) {
+            avx512_gru_backward_row(saved + i * 4 * size, h + i * h_stride, grad_row,
+                                    dh + i * size, size, dgi_row, dgh_row, bf16);
+            continue;
+        }
+#endif
+        plain_gru_backward_row(saved + i * 4 * size, h + i * h_stride, grad_row, dh + i * size,
+                               0, size, dgi_row, dgh_row, bf16);
+    }
 }
 
 static struct PyModuleDef module = {

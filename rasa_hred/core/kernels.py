@@ -6,8 +6,8 @@ PyTorch's way (cast to float32, ``log_softmax``, a block ``amax`` over the resul
 three [rows, vocabulary] tensors on the way and was a third of a batched beam-search step;
 measured at 160 rows x 10,004 bf16 logits: 0.7 ms against 1.3 ms.
 
-Training: the softmax cross-entropy over the output layer's logits with its gradient, and
-dropout (see each function).
+Training: the softmax cross-entropy over the output layer's logits with its gradient,
+dropout, and a GRU layer's recurrence (see each function).
 
 They come from ``_kernels.c``, which reads bf16 or float32 tensors in place and runs without
 the GIL. Where the library is missing (it is built at install time and optional) or a tensor
@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from rasa_hred.core.precision import stable_row_count
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,16 @@ def _library() -> ctypes.CDLL | None:
     library.hred_dropout.argtypes = [_POINTER, ctypes.c_int, _LONG, _LONG, ctypes.c_uint64]
     library.hred_dropout.argtypes += [ctypes.c_uint32, ctypes.c_float, _POINTER]
     library.hred_dropout.restype = None
+    # gi, gi_stride, gh, bf16, bias, h, h_stride, rows, size, out, out_stride, next, carried,
+    # saved
+    library.hred_gru_forward.argtypes = [_POINTER, _LONG, _POINTER, ctypes.c_int, _POINTER]
+    library.hred_gru_forward.argtypes += [_POINTER, _LONG, _LONG, _LONG, _POINTER, _LONG]
+    library.hred_gru_forward.argtypes += [_POINTER, _LONG, _POINTER]
+    library.hred_gru_forward.restype = None
+    # saved, h, h_stride, grad_out, grad_stride, dh, rows, size, dgi, dgi_stride, dgh, bf16
+    library.hred_gru_backward.argtypes = [_POINTER, _POINTER, _LONG, _POINTER, _LONG, _POINTER]
+    library.hred_gru_backward.argtypes += [_LONG, _LONG, _POINTER, _LONG, _POINTER, ctypes.c_int]
+    library.hred_gru_backward.restype = None
     library.hred_choose_avx512.argtypes = [ctypes.c_int]
     library.hred_choose_avx512.restype = ctypes.c_int
     return library
@@ -328,6 +340,133 @@ def _masked(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
 
     _in_parallel(part, x.numel(), grain=_ELEMENTS_PER_THREAD)
     return out
+
+
+# --- training's recurrences ----------------------------------------------------------------
+
+
+def gru_layer_runs_natively(projected: Tensor) -> bool:
+    """Whether :func:`gru_layer` can run the C code for input projections ``projected``."""
+    return (
+        projected.device.type == "cpu"
+        and projected.dtype in (torch.float32, torch.bfloat16)
+        and compiled()
+    )
+
+
+def gru_layer(
+    projected: Tensor,
+    hidden: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+    active: list[int],
+) -> tuple[Tensor, Tensor]:
+    """One direction of one GRU layer over rows sorted by length, for training on a CPU:
+    ``projected`` [N, L, 3H] is ``x W_ih^T + b_ih`` for every step, ``hidden`` [N, H] the
+    start state, and ``active[t]`` rows (a prefix) run at step t. Returns the outputs [N, L,
+    H] in float32 (zeros past each length) and the final states [N, H].
+
+    The step's products (``h W_hh^T``) run in ``projected``'s dtype; each step's gates are one
+    C pass forward and one backward, where PyTorch ran a dozen small ops and autograd nodes
+    forward and twice as many backward. The backward pass keeps every step's gradient with
+    respect to ``h W_hh^T`` and computes W_hh's gradient with one product at the end, instead
+    of a product and an accumulation per step. (Caller: ``recurrent.run_gru``, which checks
+    :func:`gru_layer_runs_natively` first.)"""
+    return _GRULayer.apply(projected.contiguous(), hidden, weight_hh, bias_hh, tuple(active))
+
+
+class _GRULayer(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any,
+        projected: Tensor,
+        hidden: Tensor,
+        weight_hh: Tensor,
+        bias_hh: Tensor,
+        active: tuple[int, ...],
+    ) -> tuple[Tensor, Tensor]:
+        rows, steps, gates = projected.shape
+        size = gates // 3
+        dtype = projected.dtype
+        starts = [0]
+        for running in active:
+            starts.append(starts[-1] + running)
+        with torch.autocast("cpu", enabled=False):
+            weight = weight_hh.detach().to(dtype)
+            bias = bias_hh.detach().float().contiguous()
+            start = hidden.detach().float().contiguous()
+            # each step's h, packed; the rows past them (few shapes for oneDNN's bf16
+            # products) are zeros, and so is their gradient in the backward pass
+            packed = stable_row_count(starts[-1], projected)
+            inputs = torch.empty(packed, size, dtype=dtype)
+            inputs[:rows] = start
+            inputs[starts[-1] :] = 0.0
+            saved = torch.empty(starts[-1], 4 * size)  # r, z, n, gh_n + bias_n
+            out = torch.zeros(rows, steps, size)
+            products = torch.empty(rows, gates, dtype=dtype)
+            library = _library()
+            assert library is not None
+            bf16 = int(dtype == torch.bfloat16)
+            for t, running in enumerate(active):
+                first = starts[t]
+                torch.mm(inputs[first : first + running], weight.t(), out=products[:running])
+                state, state_stride = (start, size) if t == 0 else (out[:, t - 1], steps * size)
+                carried = active[t + 1] if t + 1 < steps else 0
+                library.hred_gru_forward(
+                    projected[:, t].data_ptr(), steps * gates, products.data_ptr(), bf16,
+                    bias.data_ptr(), state.data_ptr(), state_stride, running, size,
+                    out[:, t].data_ptr(), steps * size,
+                    _row_pointer(inputs, starts[t + 1]) if carried else None, carried,
+                    _row_pointer(saved, first),
+                )  # fmt: skip
+            lengths = (torch.tensor(active).unsqueeze(1) > torch.arange(rows)).sum(0)
+            final = out[torch.arange(rows), lengths - 1]
+        ctx.save_for_backward(start, weight, inputs, saved, out)
+        ctx.active, ctx.starts = active, starts
+        ctx.dtypes = (projected.dtype, hidden.dtype, weight_hh.dtype, bias_hh.dtype)
+        return out, final.to(hidden.dtype)
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_out: Tensor | None, grad_final: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        start, weight, inputs, saved, out = ctx.saved_tensors
+        active, starts = ctx.active, ctx.starts
+        rows, steps, size = out.shape
+        dtype = weight.dtype
+        bf16 = int(dtype == torch.bfloat16)
+        library = _library()
+        assert library is not None
+        with torch.autocast("cpu", enabled=False):
+            if grad_final is None:
+                dh = torch.zeros(rows, size)
+            else:
+                dh = grad_final.float().contiguous().clone()
+            if grad_out is not None:
+                grad_out = grad_out.float().contiguous()
+            grad_projected = torch.zeros(rows, steps, 3 * size, dtype=dtype)
+            grad_products = torch.empty(inputs.size(0), 3 * size, dtype=dtype)  # as inputs
+            grad_products[starts[-1] :] = 0.0
+            for t in reversed(range(steps)):
+                running, first = active[t], starts[t]
+                state, state_stride = (start, size) if t == 0 else (out[:, t - 1], steps * size)
+                library.hred_gru_backward(
+                    _row_pointer(saved, first), state.data_ptr(), state_stride,
+                    None if grad_out is None else grad_out[:, t].data_ptr(),
+                    steps * size, dh.data_ptr(), running, size,
+                    grad_projected[:, t].data_ptr(), steps * 3 * size,
+                    _row_pointer(grad_products, first), bf16,
+                )  # fmt: skip
+                step_grad = grad_products[first : first + running]
+                if t == 0 and not ctx.needs_input_grad[1]:
+                    break
+                if bf16:
+                    dh[:running] += step_grad @ weight
+                else:
+                    dh[:running].addmm_(step_grad, weight)
+            grad_weight = (grad_products.t() @ inputs).to(ctx.dtypes[2])
+            grad_bias = grad_products.sum(0, dtype=torch.float32).to(ctx.dtypes[3])
+        return grad_projected, dh.to(ctx.dtypes[1]), grad_weight, grad_bias, None
 
 
 def _row_pointer(tensor: Tensor, row: int) -> int:

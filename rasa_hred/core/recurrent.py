@@ -9,6 +9,10 @@ still running (rows sorted by length, so they are a prefix). Its backward is lin
 gives ``nn.GRU``'s results. Measured on chit-chat batches (2 cores): as fast as the packed
 path on a quiet machine, 1.6-2x as fast when other processes load the cores.
 
+Each step's gates run in C (``kernels.gru_layer``: one pass forward, one backward, and W_hh's
+gradient as one product over all steps), where a step in PyTorch ops is a dozen small ops and
+autograd nodes; ``_layer_from_ops`` is the same recurrence for builds without the C code.
+
 The model uses it where gradients flow on a CPU; inference and CUDA (cuDNN) keep ``nn.GRU``.
 """
 
@@ -18,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rasa_hred.core import kernels
+
 
 def use_stepwise_gru(inputs: Tensor) -> bool:
     """Whether :func:`run_gru` should replace ``nn.GRU``'s packed path for ``inputs``."""
@@ -25,11 +31,18 @@ def use_stepwise_gru(inputs: Tensor) -> bool:
 
 
 def run_gru(
-    gru: nn.GRU, inputs: Tensor, lengths: Tensor, hidden: Tensor | None = None
+    gru: nn.GRU,
+    inputs: Tensor,
+    lengths: Tensor,
+    hidden: Tensor | None = None,
+    *,
+    native: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """``gru`` (``batch_first``) over ``inputs`` [N, L, I] whose row n holds ``lengths[n]``
     (>= 1) real steps: outputs [N, L, H * directions] (zeros past each length) and the final
-    states [layers * directions, N, H], as ``nn.GRU`` returns them for packed sequences."""
+    states [layers * directions, N, H], as ``nn.GRU`` returns them for packed sequences.
+    ``native=False`` runs the recurrence in PyTorch ops even where the C code could (tests
+    compare them)."""
     order = torch.argsort(lengths, descending=True)
     lengths = lengths[order]
     steps = int(lengths[0])
@@ -52,10 +65,10 @@ def run_gru(
             start = hidden[layer * directions + direction]
             if direction:
                 assert reverse is not None
-                out, final = _layer(_reversed(x, reverse), start, active, *weights)
+                out, final = _layer(_reversed(x, reverse), start, active, native, *weights)
                 outputs.append(_reversed(out, reverse))
             else:
-                out, final = _layer(x, start, active, *weights)
+                out, final = _layer(x, start, active, native, *weights)
                 outputs.append(out)
             finals.append(final)
         x = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
@@ -70,6 +83,7 @@ def _layer(
     x: Tensor,
     hidden: Tensor,
     active: list[int],
+    native: bool,
     weight_ih: Tensor,
     weight_hh: Tensor,
     bias_ih: Tensor,
@@ -77,8 +91,21 @@ def _layer(
 ) -> tuple[Tensor, Tensor]:
     """One direction of one layer over rows sorted by length; ``active[t]`` rows run at step
     t. Returns the outputs [N, L, H] (zeros past each length) and the final states [N, H]."""
-    rows, steps, _ = x.shape
-    projected = F.linear(x, weight_ih, bias_ih).unbind(1)  # one product for every step
+    projected = F.linear(x, weight_ih, bias_ih)  # one product for every step
+    if native and kernels.gru_layer_runs_natively(projected):
+        return kernels.gru_layer(projected, hidden, weight_hh, bias_hh, active)
+    return _layer_from_ops(projected.unbind(1), hidden, active, weight_hh, bias_hh)
+
+
+def _layer_from_ops(
+    projected: tuple[Tensor, ...],
+    hidden: Tensor,
+    active: list[int],
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """``_layer``'s recurrence in PyTorch ops (where the C code does not run)."""
+    rows, steps = hidden.size(0), len(projected)
     finished: list[Tensor] = []
     outputs: list[Tensor] = []
     h = hidden
