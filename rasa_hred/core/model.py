@@ -679,15 +679,19 @@ class HRED(nn.Module):
                 decoder_inputs, lengths, batch_first=True, enforce_sorted=False
             )
             decoder_out, _ = pad_packed_sequence(self.decoder(packed, hidden)[0], batch_first=True)
+        # The masked positions through ``index_select`` (its backward pass is an index_add)
+        # rather than ``x[mask]`` (an accumulating index_put, 3 against 0.7 ms forward and
+        # backward at [50, 32, 300]); ``context`` is selected per row, not from the expanded
+        # [M, W, Hc] view, whose backward pass would fill that whole shape.
+        positions, columns = mask.nonzero().unbind(1)
         size = self.config.attended_size()
         if size:
-            attended = attend(self.attention_query(decoder_out), memory, size)[mask]
+            query = self.attention_query(decoder_out)
+            attended = _cells(attend(query, memory, size), positions, columns)
         else:
-            attended = decoder_out.new_zeros(int(mask.sum()), 0)
-        # ``context.index_select`` rather than ``steps[mask]``: the backward pass of a mask
-        # over the expanded [M, W, Hc] view would fill that whole shape
-        positions = mask.nonzero()[:, 0]
-        states, contexts, word = decoder_out[mask], context.index_select(0, positions), words[mask]
+            attended = decoder_out.new_zeros(len(positions), 0)
+        states, word = _cells(decoder_out, positions, columns), _cells(words, positions, columns)
+        contexts = context.index_select(0, positions)
         count = len(word)
         extra = stable_row_count(count, self.output.weight) - count  # few shapes for oneDNN
         if extra:  # zero rows: their targets are ignored
@@ -710,7 +714,7 @@ class HRED(nn.Module):
             batch.utterances[context_rows.to(device)], batch.lengths[context_rows]
         )
         states = self.encode_context(vectors, turns - 1)  # [B, T-1, Hc]
-        context = states.reshape(-1, states.size(-1))[context_of_target.to(device)]
+        context = states.flatten(0, 1).index_select(0, context_of_target.to(device))
         width = int(batch.lengths[targets_rows].max())
         grid_width = states.size(1)
         memory = self.context_memory(
@@ -975,6 +979,11 @@ def _version_key(source: Tensor) -> tuple[int, ...] | None:
         return (source.data_ptr(), source._version)
     except RuntimeError:  # inference tensors keep no version counter: do not cache
         return None
+
+
+def _cells(x: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
+    """``x[rows, columns]`` of [R, C, D] as [K, D], through ``index_select``."""
+    return x.flatten(0, 1).index_select(0, rows * x.size(1) + columns)
 
 
 def _rows(offsets: Tensor, counts: Tensor) -> Tensor:

@@ -47,12 +47,12 @@ def run_gru(
     lengths = lengths[order]
     steps = int(lengths[0])
     active = (torch.arange(steps).unsqueeze(1) < lengths.unsqueeze(0)).sum(1).tolist()
-    x = inputs[order.to(inputs.device), :steps]
+    x = inputs[:, :steps].index_select(0, order.to(inputs.device))  # see the end
     size, directions = gru.hidden_size, 2 if gru.bidirectional else 1
     if hidden is None:
         hidden = x.new_zeros(gru.num_layers * directions, len(order), size)
     else:
-        hidden = hidden[:, order.to(hidden.device)]
+        hidden = hidden.index_select(1, order.to(hidden.device))
     reverse = _reversal_index(lengths, steps).to(x.device) if directions == 2 else None
     finals: list[Tensor] = []
     for layer in range(gru.num_layers):
@@ -72,8 +72,10 @@ def run_gru(
                 outputs.append(out)
             finals.append(final)
         x = torch.cat(outputs, dim=-1) if directions == 2 else outputs[0]
-    unsort = torch.argsort(order)
-    return x[unsort.to(x.device)], torch.stack(finals)[:, unsort.to(x.device)]
+    # index_select, not x[order]: the latter's backward pass is an accumulating index_put,
+    # 5-7 ms at [100, 29, 300] against about 1 ms
+    unsort = torch.argsort(order).to(x.device)
+    return x.index_select(0, unsort), torch.stack(finals).index_select(1, unsort)
 
 
 _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
