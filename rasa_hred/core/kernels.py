@@ -464,8 +464,11 @@ class _GRULayer(torch.autograd.Function):
                     dh[:running] += step_grad @ weight
                 else:
                     dh[:running].addmm_(step_grad, weight)
-            grad_weight = (grad_products.t() @ inputs).to(ctx.dtypes[2])
-            grad_bias = grad_products.sum(0, dtype=torch.float32).to(ctx.dtypes[3])
+            grad_weight = grad_bias = None
+            if ctx.needs_input_grad[2]:  # one product over every step's rows
+                grad_weight = (grad_products.t() @ inputs).to(ctx.dtypes[2])
+            if ctx.needs_input_grad[3]:
+                grad_bias = grad_products.sum(0, dtype=torch.float32).to(ctx.dtypes[3])
         return grad_projected, dh.to(ctx.dtypes[1]), grad_weight, grad_bias, None
 
 
