@@ -110,6 +110,22 @@ def test_the_c_recurrence_under_bf16_autocast_stays_close_to_pytorch_ops() -> No
         assert relative < 0.02, relative
 
 
+def test_the_c_recurrence_with_frozen_recurrent_weights_still_trains_the_rest() -> None:
+    torch.manual_seed(1)
+    gru = nn.GRU(6, 20, batch_first=True)
+    gru.weight_hh_l0.requires_grad_(False)
+    gru.bias_hh_l0.requires_grad_(False)
+    lengths = torch.tensor([4, 2, 3])
+    inputs = torch.randn(3, 4, 6, requires_grad=True)
+    grads = []
+    for native in (True, False):
+        out, final = run_gru(gru, inputs, lengths, native=native)
+        wrt = [inputs, gru.weight_ih_l0, gru.bias_ih_l0]
+        grads.append(torch.autograd.grad(out.sum() + final.pow(2).sum(), wrt))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_the_model_uses_it_only_where_gradients_flow_on_a_cpu() -> None:
     x = torch.zeros(2, 3)
     assert use_stepwise_gru(x)
