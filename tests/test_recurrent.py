@@ -126,6 +126,25 @@ def test_the_c_recurrence_with_frozen_recurrent_weights_still_trains_the_rest() 
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("active", "hidden_rows", "message"),
+    [
+        ([3, 2], 3, "active must hold 3"),  # one count short
+        ([3, 2, 3], 3, "active must hold 3"),  # increasing
+        ([2, 2, 1], 3, "active must hold 3"),  # not every row runs the first step
+        ([3, 1, 0], 3, "active must hold 3"),  # a step with no rows
+        ([3, 2, 1], 2, "disagree"),
+    ],
+)
+def test_gru_layer_refuses_shapes_the_c_code_would_misread(
+    active: list[int], hidden_rows: int, message: str
+) -> None:
+    projected = torch.zeros(3, 3, 12)
+    with pytest.raises(ValueError, match=message):
+        kernels.gru_layer(projected, torch.zeros(hidden_rows, 4), torch.zeros(12, 4),
+                          torch.zeros(12), active)  # fmt: skip
+
+
 def test_the_model_uses_it_only_where_gradients_flow_on_a_cpu() -> None:
     x = torch.zeros(2, 3)
     assert use_stepwise_gru(x)

@@ -24,6 +24,7 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -374,6 +375,25 @@ def gru_layer(
     timed in turns with the PyTorch-ops recurrence: 18.0k against 14.9k tokens/s under bf16
     autocast, 11.3k against 10.2k in float32. (Caller: ``recurrent.run_gru``, which checks
     :func:`gru_layer_runs_natively` first.)"""
+    rows, steps, gates = projected.shape
+    size = weight_hh.size(1)
+    # the C code writes through raw pointers: the shapes are checked here, not trusted
+    if (
+        gates != 3 * size
+        or weight_hh.shape != (gates, size)
+        or bias_hh.shape != (gates,)
+        or hidden.shape != (rows, size)
+    ):
+        raise ValueError(
+            f"gru_layer: projected {tuple(projected.shape)}, hidden {tuple(hidden.shape)}, "
+            f"weight_hh {tuple(weight_hh.shape)} and bias_hh {tuple(bias_hh.shape)} disagree"
+        )
+    ordered = all(a >= b for a, b in pairwise(active))
+    if len(active) != steps or not ordered or (steps and (active[0] != rows or active[-1] < 1)):
+        raise ValueError(
+            f"gru_layer: active must hold {steps} non-increasing row counts from {rows} to "
+            f">= 1, not {active!r}"
+        )
     return _GRULayer.apply(projected.contiguous(), hidden, weight_hh, bias_hh, tuple(active))
 
 
